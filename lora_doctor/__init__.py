@@ -1,0 +1,31 @@
+"""lora-doctor: will this fine-tuning run fit, is the LoRA config sane, is training healthy."""
+
+from .errors import (
+    GpuNotAvailableError,
+    InvalidGpuError,
+    InvalidSettingError,
+    LoraDoctorError,
+    ModelNotFoundError,
+    UnsupportedModelError,
+    WontFitError,
+)
+from .findings import Finding
+from .gpus import GpuSpec, parse_gpu
+from .plan_types import MemoryPlan, PlanSettings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Finding",
+    "GpuNotAvailableError",
+    "GpuSpec",
+    "InvalidGpuError",
+    "InvalidSettingError",
+    "LoraDoctorError",
+    "MemoryPlan",
+    "ModelNotFoundError",
+    "PlanSettings",
+    "UnsupportedModelError",
+    "WontFitError",
+    "parse_gpu",
+]

@@ -1,0 +1,137 @@
+"""GPU specifications: a built-in table of common cards, size strings, and the local GPU via NVML.
+
+Memory figures are the totals NVML / ``nvidia-smi`` report for each card (MiB), which is what an
+out-of-memory happens against, not the marketing number. ``count`` leaves room for several GPUs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+from .errors import GpuNotAvailableError, InvalidGpuError, InvalidSettingError
+from .units import MIB, parse_size
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """One kind of GPU: its name, memory per device in bytes, and whether it computes in bf16."""
+
+    name: str
+    memory_bytes: int
+    bf16: bool = True
+    count: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# name -> (MiB as reported by NVML, bf16 support). Aliases map onto these keys.
+_TABLE: dict[str, tuple[int, bool]] = {
+    "RTX3060": (12288, True),
+    "RTX3080": (10240, True),
+    "RTX3090": (24576, True),
+    "RTX4060TI": (16380, True),
+    "RTX4080": (16376, True),
+    "RTX4090": (24564, True),
+    "RTX2080TI": (11264, False),
+    "RTXA6000": (49140, True),
+    "RTX6000ADA": (49140, True),
+    "T4": (15360, False),
+    "L4": (23034, True),
+    "A10G": (23028, True),
+    "A10": (23028, True),
+    "L40S": (46068, True),
+    "V100-16GB": (16160, False),
+    "V100-32GB": (32768, False),
+    "A100-40GB": (40960, True),
+    "A100-80GB": (81920, True),
+    "H100": (81559, True),
+    "H100-94GB": (95830, True),
+    "H200": (143771, True),
+}
+_ALIASES = {
+    "3060": "RTX3060", "3080": "RTX3080", "3090": "RTX3090", "4090": "RTX4090", "4080": "RTX4080",
+    "4060TI": "RTX4060TI", "2080TI": "RTX2080TI", "A6000": "RTXA6000", "V100": "V100-16GB",
+    "A100": "A100-80GB", "A100-40G": "A100-40GB", "A100-80G": "A100-80GB", "H100-80GB": "H100",
+    "H100-SXM": "H100", "H100-PCIE": "H100", "H100-NVL": "H100-94GB", "A10-24GB": "A10", "L40": "L40S",
+}
+# GPUs shown when the user gives no --gpu: the ladder practitioners actually rent or own.
+COMMON_GPUS = ("RTX3060", "T4", "RTX4090", "L4", "A100-40GB", "A100-80GB", "H100")
+
+
+def _normalize(name: str) -> str:
+    key = re.sub(r"[\s_]+", "", name.upper())
+    key = key.replace("GEFORCE", "").replace("NVIDIA", "")
+    return key
+
+
+def known_gpu_names() -> list[str]:
+    return sorted(_TABLE)
+
+
+def gpu_by_name(name: str) -> GpuSpec | None:
+    key = _normalize(name)
+    key = _ALIASES.get(key, key)
+    if key not in _TABLE and key.startswith("RTX"):
+        key = _ALIASES.get(key[3:], key)
+    if key not in _TABLE:
+        return None
+    mib, bf16 = _TABLE[key]
+    return GpuSpec(key, mib * MIB, bf16)
+
+
+def parse_gpu(spec: "str | int | GpuSpec | None") -> GpuSpec | None:
+    """Turn ``"24GB"``, ``"24GiB"``, ``"80G"``, a byte count, a GPU name or ``"auto"`` into a GpuSpec.
+
+    ``None`` means "no GPU given". Sizes without a name are assumed to support bf16.
+    """
+    if spec is None or isinstance(spec, GpuSpec):
+        return spec
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return GpuSpec(f"{int(spec)} B", parse_size(spec))
+    if not isinstance(spec, str) or not spec.strip():
+        raise InvalidGpuError(f"not a GPU: {spec!r}")
+    text = spec.strip()
+    if text.lower() == "auto":
+        return detect_local_gpu()
+    named = gpu_by_name(text)
+    if named is not None:
+        return named
+    try:
+        size = parse_size(text)
+    except InvalidSettingError:
+        raise InvalidGpuError(
+            f"unknown GPU {spec!r}: give a size (24GB, 24GiB, 80G, a byte count), 'auto', "
+            f"or one of {', '.join(known_gpu_names())}"
+        ) from None
+    return GpuSpec(text, size)
+
+
+def detect_local_gpu(index: int = 0) -> GpuSpec:
+    """The local GPU via NVML (``nvidia-ml-py``). Raises GpuNotAvailableError when there is none."""
+    try:
+        import pynvml
+    except ImportError as exc:  # pragma: no cover - dependency is declared
+        raise GpuNotAvailableError("gpu='auto' needs nvidia-ml-py (pip install nvidia-ml-py)") from exc
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+        raise GpuNotAvailableError(
+            f"gpu='auto' found no NVIDIA GPU ({exc}); pass a size or a name instead, e.g. --gpu 24GB"
+        ) from None
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        if count == 0:
+            raise GpuNotAvailableError("gpu='auto': NVML sees no GPU; pass --gpu 24GB or a GPU name")
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        name = pynvml.nvmlDeviceGetName(handle)
+        name = name.decode() if isinstance(name, bytes) else name
+        total = int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
+        major, _minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+        return GpuSpec(name, total, bf16=major >= 8, count=count)
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass

@@ -1,0 +1,186 @@
+"""Build a model on the ``meta`` device and summarize it as an :class:`ArchSpec` (needs torch).
+
+Nothing is allocated and nothing is downloaded: ``accelerate.init_empty_weights`` puts every
+parameter on ``meta``; the counts are exact because they come from the real ``transformers`` class.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .arch import ArchSpec, LinearFamily
+from .errors import UnsupportedModelError
+
+# Activation recipe per model_type (see lora_doctor.memory.activations); unknown types use "generic".
+BLOCK_RECIPES: dict[str, str] = {
+    "llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama", "deepseek": "llama",
+    "mixtral": "moe", "qwen2_moe": "moe",
+    "gemma": "gemma", "gemma2": "gemma",
+    "phi3": "phi3",
+    "gpt2": "gpt2",
+    "opt": "opt",
+    "bloom": "bloom",
+    "falcon": "falcon",
+    "bert": "bert",
+}
+
+_LAYER_INDEX = re.compile(r"\.\d+(\.|$)")
+_ADAPTER_PATH = re.compile(r"\.(lora_[A-Za-z_]+|modules_to_save|original_module)(\.|$)")
+
+
+def build_meta_model(config: Any, *, auto_class: str | None = None) -> Any:
+    """Instantiate the transformers model for ``config`` on the meta device (no memory, no weights)."""
+    import torch
+    import transformers
+    from accelerate import init_empty_weights
+
+    name = auto_class or auto_class_for(config)
+    cls = getattr(transformers, name)
+    try:
+        with init_empty_weights(include_buffers=True):
+            model = cls.from_config(config, dtype=torch.float32)
+    except (ValueError, KeyError, AttributeError, TypeError) as exc:
+        raise UnsupportedModelError(
+            f"cannot build model_type {getattr(config, 'model_type', '?')!r} with {name}: {exc}"
+        ) from None
+    return model
+
+
+def auto_class_for(config: Any) -> str:
+    """Causal LM for decoder models, masked LM for BERT-style encoders, seq2seq for encoder-decoders."""
+    if getattr(config, "is_encoder_decoder", False):
+        return "AutoModelForSeq2SeqLM"
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith(("ForMaskedLM", "Model", "ForPreTraining")) for a in archs) or config.model_type in (
+        "bert", "roberta", "deberta", "deberta-v2", "electra", "distilbert",
+    ):
+        return "AutoModelForMaskedLM"
+    return "AutoModelForCausalLM"
+
+
+def default_lora_targets(model_type: str) -> tuple[str, ...]:
+    """The ``target_modules`` peft picks when none are given (peft's per-architecture table)."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
+
+    return tuple(mapping.get(model_type, ()))
+
+
+def _scope(path: str, head_path: str | None, is_encoder_decoder: bool) -> str:
+    if head_path is not None and path == head_path:
+        return "head"
+    lowered = path.lower()
+    if any(tag in lowered for tag in ("vision", "visual", "image_encoder", "vit.")):
+        return "vision"
+    if is_encoder_decoder and "encoder" in lowered:
+        return "encoder"
+    if _LAYER_INDEX.search(path):
+        return "blocks"
+    return "other"
+
+
+def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
+    """Summarize a (meta or real) transformers model as an ArchSpec."""
+    import torch.nn as nn
+    from transformers.pytorch_utils import Conv1D
+
+    config = config if config is not None else model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head_path = next((n for n, m in model.named_modules() if head is not None and m is head), None)
+    enc_dec = bool(getattr(config, "is_encoder_decoder", False))
+
+    counted: set[int] = set()
+    families: dict[tuple, dict] = {}
+    embedding = head_params = expert = linear = other = 0
+    adapter_params = 0
+    for path, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if id(p) not in counted]
+        if _ADAPTER_PATH.search(path):  # peft's lora_A / lora_B / modules_to_save copies: not the base model
+            for p in own:
+                counted.add(id(p))
+            adapter_params += sum(p.numel() for p in own)
+            continue
+        path = path[: -len(".base_layer")] if path.endswith(".base_layer") else path  # peft-wrapped layer
+        if isinstance(module, (nn.Linear, Conv1D)):
+            weight = module.weight
+            if isinstance(module, Conv1D):
+                in_f, out_f = int(weight.shape[0]), int(weight.shape[1])
+            else:  # in/out attributes, since a bitsandbytes 4-bit weight is stored packed
+                in_f, out_f = int(module.in_features), int(module.out_features)
+            tied = id(weight) in counted
+            for p in own:
+                counted.add(id(p))
+            if tied and path == head_path:
+                continue  # tied output head: its weight is the embedding, already counted
+            scope = _scope(path, head_path, enc_dec)
+            key = (path.rsplit(".", 1)[-1], in_f, out_f, module.bias is not None, scope)
+            fam = families.setdefault(key, {"count": 0, "example": path,
+                                            "kind": "conv1d" if isinstance(module, Conv1D) else "linear"})
+            fam["count"] += 1
+            n = in_f * out_f + (out_f if module.bias is not None else 0)
+            if scope == "head":
+                head_params += n
+            linear += n
+        elif isinstance(module, nn.Embedding):
+            for p in own:
+                counted.add(id(p))
+            embedding += sum(p.numel() for p in own)
+        else:
+            for p in own:
+                counted.add(id(p))
+                if p.dim() == 3:
+                    expert += p.numel()
+                else:
+                    other += p.numel()
+    total = linear + embedding + expert + other
+    num_heads = int(getattr(text, "num_attention_heads", 0) or getattr(text, "n_head", 0))
+    hidden = int(getattr(text, "hidden_size", 0) or getattr(text, "n_embd", 0))
+    kv = getattr(text, "num_key_value_heads", None)
+    if kv is None:
+        kv = 1 if getattr(text, "multi_query", False) and not getattr(text, "new_decoder_architecture", False) else num_heads
+    head_dim = int(getattr(text, "head_dim", None) or (hidden // max(num_heads, 1)))
+    inter = int(getattr(text, "intermediate_size", None) or getattr(text, "ffn_dim", None)
+                or getattr(text, "n_inner", None) or 4 * hidden)
+    return ArchSpec(
+        model_type=config.model_type,
+        architecture=type(model).__name__,
+        total_params=int(total),
+        linear_families=tuple(
+            LinearFamily(name, in_f, out_f, v["count"], bias, v["kind"], scope, v["example"])
+            for (name, in_f, out_f, bias, scope), v in families.items()
+        ),
+        embedding_params=int(embedding),
+        head_params=int(head_params),
+        other_params=int(other),
+        expert_params=int(expert),
+        hidden_size=hidden,
+        num_layers=int(getattr(text, "num_hidden_layers", 0) or getattr(text, "n_layer", 0)),
+        num_heads=num_heads,
+        num_kv_heads=int(kv),
+        head_dim=head_dim,
+        intermediate_size=inter,
+        vocab_size=int(text.vocab_size),
+        tied_embeddings=head is not None and head_path is not None and head_params == 0 and head.weight is not None
+        and any(head.weight is m.weight for m in model.modules() if isinstance(m, nn.Embedding)),
+        block=BLOCK_RECIPES.get(config.model_type, "generic"),
+        default_targets=default_lora_targets(config.model_type),
+        num_experts=int(getattr(text, "num_local_experts", 0) or getattr(text, "num_experts", 0) or 0),
+        experts_per_token=int(getattr(text, "num_experts_per_tok", 0) or 0),
+        extra=_extra_fields(text),
+    )
+
+
+def _extra_fields(text: Any) -> dict:
+    """Block details the activation recipes read (kept small and JSON-serializable)."""
+    keys = ("hidden_act", "activation_function", "attention_dropout", "hidden_dropout", "attn_pdrop",
+            "resid_pdrop", "embd_pdrop", "dropout", "attention_probs_dropout_prob", "hidden_dropout_prob",
+            "parallel_attn", "new_decoder_architecture", "alibi", "sliding_window",
+            "final_logit_softcapping", "attn_logit_softcapping", "word_embed_proj_dim", "do_layer_norm_before",
+            "max_position_embeddings", "n_positions")
+    out = {}
+    for k in keys:
+        v = getattr(text, k, None)
+        if isinstance(v, (int, float, str, bool)):
+            out[k] = v
+    return out

@@ -1,0 +1,173 @@
+"""Resolve what the user passed as ``model`` into an :class:`ArchSpec` (and a config when needed).
+
+Accepted: a hub id (offline catalog first, then the local Hugging Face cache, then, when online and
+``HF_HUB_OFFLINE`` is unset, a download of ``config.json`` only, never weights), a local directory or
+``config.json`` path, a ``transformers.PretrainedConfig``, a ``dict`` of config fields with a
+``model_type``, or a loaded ``nn.Module`` / ``PeftModel``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .arch import ArchSpec
+from .catalog import lookup, nearest_ids
+from .errors import ModelNotFoundError, UnsupportedModelError
+
+
+@dataclass
+class ResolvedModel:
+    """A model the planner and the doctor can reason about."""
+
+    name: str
+    source: str                      # "catalog" | "cache" | "hub" | "local" | "config" | "module"
+    arch: ArchSpec
+    config_dict: dict | None = None  # config fields when known without torch
+    module: Any = field(default=None, repr=False)   # the user's loaded model, if they gave one
+    _config: Any = field(default=None, repr=False)
+
+    def config(self) -> Any:
+        """The ``transformers.PretrainedConfig`` (imports transformers)."""
+        if self._config is None:
+            if self.module is not None:
+                self._config = _base_model(self.module).config
+            else:
+                self._config = config_from_dict(self.config_dict or {})
+        return self._config
+
+    def meta_model(self) -> Any:
+        """A fresh copy of the model on the meta device (nothing allocated)."""
+        from .introspect import build_meta_model
+
+        return build_meta_model(self.config())
+
+
+def config_from_dict(fields: dict) -> Any:
+    from transformers import AutoConfig
+
+    fields = dict(fields)
+    model_type = fields.pop("model_type", None)
+    if not model_type:
+        raise UnsupportedModelError("config has no 'model_type'; pass the model's config.json")
+    try:
+        return AutoConfig.for_model(model_type, **fields)
+    except ValueError as exc:
+        raise UnsupportedModelError(f"transformers does not know model_type {model_type!r}: {exc}") from None
+
+
+def resolve(model: Any) -> ResolvedModel:
+    """Turn any accepted ``model`` argument into a ResolvedModel. Raises LoraDoctorError subclasses."""
+    if isinstance(model, ResolvedModel):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return _resolve_name(str(model))
+    if isinstance(model, dict):
+        return _from_config(config_from_dict(model), name=model.get("_name_or_path") or model["model_type"],
+                            source="config", fields=model)
+    if _is_module(model):
+        from .introspect import arch_from_model
+
+        base = _base_model(model)
+        name = getattr(getattr(base, "config", None), "_name_or_path", "") or type(base).__name__
+        return ResolvedModel(name, "module", arch_from_model(base), module=model)
+    if hasattr(model, "model_type") and hasattr(model, "to_dict"):  # a PretrainedConfig
+        return _from_config(model, name=getattr(model, "_name_or_path", "") or model.model_type, source="config")
+    raise UnsupportedModelError(
+        f"cannot plan for a {type(model).__name__}: pass a hub id, a path, a PretrainedConfig or a model"
+    )
+
+
+def _is_module(obj: Any) -> bool:
+    try:
+        import torch.nn as nn
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, nn.Module)
+
+
+def _base_model(model: Any) -> Any:
+    """The transformers model inside a PeftModel (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _from_config(config: Any, *, name: str, source: str, fields: dict | None = None) -> ResolvedModel:
+    from .introspect import arch_from_model, build_meta_model
+
+    arch = arch_from_model(build_meta_model(config), config)
+    if fields is None:
+        fields = config.to_diff_dict()
+        fields["model_type"] = config.model_type
+    return ResolvedModel(name, source, arch, config_dict=fields, _config=config)
+
+
+def _read_config_file(path: Path, name: str, source: str) -> ResolvedModel:
+    try:
+        fields = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelNotFoundError(f"cannot read {path}: {exc}") from None
+    if "model_type" not in fields:
+        raise UnsupportedModelError(f"{path} has no 'model_type'; is it a transformers config.json?")
+    return _from_config(config_from_dict(fields), name=name, source=source, fields=fields)
+
+
+def _resolve_name(text: str) -> ResolvedModel:
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} has no config.json")
+        return _read_config_file(path / "config.json", name=str(path), source="local")
+    if path.is_file():
+        return _read_config_file(path, name=str(path), source="local")
+    looks_like_path = text.startswith((".", "/", "~")) or text.endswith(".json") or os.sep in text.strip("/").replace("/", "", 1)
+    if looks_like_path:
+        raise ModelNotFoundError(f"no such file or directory: {text}")
+
+    entry = lookup(text)
+    if entry is not None:
+        return ResolvedModel(entry.model_id, "catalog", entry.arch, config_dict=entry.config)
+
+    cached = _config_from_hf_cache(text)
+    if cached is not None:
+        return _read_config_file(cached, name=text, source="cache")
+    if not _offline():
+        downloaded = _download_config(text)
+        if downloaded is not None:
+            return _read_config_file(downloaded, name=text, source="hub")
+    near = nearest_ids(text)
+    hint = f" Did you mean {', '.join(near)}?" if near else ""
+    raise ModelNotFoundError(
+        f"unknown model {text!r}: not in the offline catalog or the local Hugging Face cache"
+        f"{' (offline, so not downloaded)' if _offline() else ' and config.json could not be downloaded'}.{hint} "
+        "Pass a local directory or config.json path instead, or run `lora-doctor models` for the catalog."
+    )
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _config_from_hf_cache(repo_id: str) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # invalid repo id syntax and the like
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
+def _download_config(repo_id: str) -> Path | None:
+    """Fetch config.json only (a few KB). Any failure (no network, gated, 404) returns None."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo_id, "config.json", etag_timeout=5))
+    except Exception:
+        return None

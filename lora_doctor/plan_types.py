@@ -1,0 +1,87 @@
+"""The result type every planning engine returns. Pure data: no torch, no rich."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .gpus import GpuSpec
+
+MODES = ("full", "lora", "qlora")
+
+# Breakdown terms, in display order. Tensor terms add up to ``peak_bytes``; the device terms are
+# added on top for ``device_peak_bytes``.
+TENSOR_TERMS = (
+    "weights",             # base model weights as stored (4-bit packed linears + unquantized rest for QLoRA)
+    "quantization_state",  # NF4 absmax (+ double-quantization constants)
+    "adapters",            # LoRA A/B matrices
+    "gradients",           # gradients of trainable parameters alive at the peak
+    "optimizer_states",    # e.g. AdamW exp_avg + exp_avg_sq
+    "activations",         # tensors saved for backward, alive at the peak
+    "logits_and_loss",     # [batch, seq, vocab] logits, fp32 upcast, log-softmax and their gradients
+    "temporaries",         # the largest transient set at the peak (4-bit dequantization, optimizer scratch, ...)
+)
+DEVICE_TERMS = ("cuda_context", "allocator_reserve")
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """Every input of a plan, normalized (what ``lora_doctor.plan`` was called with)."""
+
+    mode: str = "lora"
+    batch_size: int = 1
+    seq_len: int = 512
+    r: int = 16
+    lora_alpha: float = 32
+    target_modules: Any = None           # None (peft's default), "all-linear", or a list of names
+    use_rslora: bool = False
+    dtype: str = "bf16"                  # dtype the base weights are loaded in
+    mixed_precision: str | None = None   # Trainer bf16/fp16 autocast, None = off
+    optim: str = "adamw_torch"
+    gradient_checkpointing: bool = False
+    attn_implementation: str = "sdpa"
+    quant_type: str = "nf4"
+    double_quant: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class MemoryPlan:
+    """Predicted peak memory of one training step, term by term, and how it relates to a GPU."""
+
+    model: str
+    settings: PlanSettings
+    breakdown: dict[str, int]              # TENSOR_TERMS + DEVICE_TERMS, bytes
+    peak_bytes: int                        # tensor peak: what torch.cuda.max_memory_allocated reports
+    device_peak_bytes: int                 # + CUDA context + allocator reserve: what nvidia-smi shows
+    total_params: int
+    trainable_params: int
+    engine: str = "analytic"
+    peak_phase: str = "backward"           # "forward" | "backward" | "optimizer_step"
+    gpu: GpuSpec | None = None
+    fits: bool | None = None
+    headroom_bytes: int | None = None      # gpu memory - device peak (negative: short by that much)
+    max_batch_size: int | None = None      # largest micro-batch that fits at this seq_len
+    max_seq_len: int | None = None         # largest sequence length that fits at this batch size
+    lora_scale: float | None = None        # alpha / r (alpha / sqrt(r) with rsLoRA)
+    targets: list[str] = field(default_factory=list)   # resolved target family names
+    notes: list[str] = field(default_factory=list)     # assumptions and caveats, human-readable
+    recommendation: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # engine-specific (phases, top tensors, ...)
+
+    @property
+    def mode(self) -> str:
+        return self.settings.mode
+
+    @property
+    def largest_term(self) -> str:
+        return max(TENSOR_TERMS, key=lambda t: self.breakdown.get(t, 0))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["settings"] = self.settings.to_dict()
+        d["gpu"] = self.gpu.to_dict() if self.gpu else None
+        d["mode"] = self.mode
+        return d
