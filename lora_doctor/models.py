@@ -143,7 +143,7 @@ def _resolve_name(text: str) -> ResolvedModel:
     raise ModelNotFoundError(
         f"unknown model {text!r}: not in the offline catalog or the local Hugging Face cache"
         f"{' (offline, so not downloaded)' if _offline() else ' and config.json could not be downloaded'}.{hint} "
-        "Pass a local directory or config.json path instead, or run `lora-doctor models` for the catalog."
+        "Pass a local directory or config.json path instead, or run `lora-doctor catalog` to list the offline catalog."
     )
 
 
