@@ -12,6 +12,7 @@ from .errors import (
 from .findings import Finding
 from .gpus import GpuSpec, parse_gpu
 from .plan_types import MemoryPlan, PlanSettings
+from .planner import plan
 
 __version__ = "0.1.0"
 
@@ -28,4 +29,5 @@ __all__ = [
     "UnsupportedModelError",
     "WontFitError",
     "parse_gpu",
+    "plan",
 ]
