@@ -9,6 +9,7 @@ from .errors import (
     UnsupportedModelError,
     WontFitError,
 )
+from .doctor import DoctorReport, check_merge, diagnose
 from .findings import Finding
 from .gpus import GpuSpec, parse_gpu
 from .plan_types import MemoryPlan, PlanSettings
@@ -16,6 +17,7 @@ from .plan_types import MemoryPlan, PlanSettings
 __version__ = "0.1.0"
 
 __all__ = [
+    "DoctorReport",
     "Finding",
     "GpuNotAvailableError",
     "GpuSpec",
@@ -27,5 +29,7 @@ __all__ = [
     "PlanSettings",
     "UnsupportedModelError",
     "WontFitError",
+    "check_merge",
+    "diagnose",
     "parse_gpu",
 ]
