@@ -106,7 +106,7 @@ def run_dry_run(model: Any) -> list[Finding]:
                            "(enable_input_require_grads) and that these modules are on the forward path.",
                            parameters=missing))
     if not bool(torch.isfinite(loss.detach()).all()) or bad:
-        out.append(finding("dry-run-non-finite", f"non-finite loss ({float(loss):.4g}) or gradients "
+        out.append(finding("dry-run-non-finite", f"non-finite loss ({float(loss.detach()):.4g}) or gradients "
                            f"({len(bad)} parameters, e.g. {bad[0] if bad else '-'}).", "Check the dtypes (fp16 "
                            "overflow), the scale (lora_alpha / r) and the inputs.", parameters=bad))
     if not out and all(g is not None and not bool(g.any()) for g in grads.values()):
@@ -115,8 +115,8 @@ def run_dry_run(model: Any) -> list[Finding]:
                            "init_lora_weights=True.", parameters=len(grads)))
     if not out:
         out.append(finding("dry-run-passed", f"one forward and backward on a {BATCH}x{SEQ} synthetic batch: all "
-                           f"{len(grads)} trainable parameters got finite gradients (loss {float(loss):.3f}).",
-                           "Nothing to fix.", parameters=len(grads), loss=float(loss)))
+                           f"{len(grads)} trainable parameters got finite gradients (loss {float(loss.detach()):.3f}).",
+                           "Nothing to fix.", parameters=len(grads), loss=float(loss.detach())))
     return out
 
 
