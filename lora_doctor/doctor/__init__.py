@@ -4,7 +4,7 @@ Public entry points are :func:`diagnose` and :func:`check_merge`; both return a 
 whose findings carry a code documented in ``docs/checks.md`` (see :data:`registry.REGISTRY`).
 """
 
-from .diagnose import diagnose
+from .checkup import diagnose
 from .merge import check_merge
 from .registry import REGISTRY
 from .report import DoctorReport

@@ -24,21 +24,27 @@ def check_trainable(facts: ModelFacts, s: LoraSettings) -> list[Finding]:
     return []
 
 
-def check_checkpointing(t: TrainingSettings, facts: ModelFacts | None) -> list[Finding]:
-    """Reentrant checkpointing recomputes each block from inputs that must require grad, or nothing below it does."""
-    reentrant = t.use_reentrant is True or (facts is not None and facts.checkpointing and facts.checkpointing_reentrant is True)
-    enabled = t.gradient_checkpointing or (facts is not None and facts.checkpointing)
-    if not (enabled and reentrant):
-        return []
+def check_checkpointing(t: TrainingSettings, facts: ModelFacts | None, auto_hook: bool) -> list[Finding]:
+    """Reentrant checkpointing recomputes each block from inputs that must require grad, or nothing below it does.
+
+    ``auto_hook``: enabling checkpointing on this model calls ``enable_input_require_grads()`` by itself (recent
+    transformers do for models fed ``input_ids``), so only a model that already runs reentrant checkpointing
+    without the hook, or a stack that does not add it, is at risk.
+    """
+    requested = t.gradient_checkpointing and t.use_reentrant is True
     fix = ("Call model.enable_input_require_grads() before training, or use non-reentrant checkpointing: "
            "gradient_checkpointing_kwargs={'use_reentrant': False}.")
     if facts is None:
+        if not requested or auto_hook:
+            return []
         return [finding("checkpointing-frozen-inputs", "gradient checkpointing with use_reentrant=True and frozen "
                         "embeddings: the checkpointed blocks' inputs do not require grad, so the adapters inside get "
                         "no gradient, unless enable_input_require_grads() is called (prepare_model_for_kbit_training "
                         "does it, get_peft_model only when checkpointing was enabled first).", fix,
                         severity="warning")]
-    if facts.embeddings_trainable or facts.input_grads_hook:
+    running = facts.checkpointing and facts.checkpointing_reentrant is True
+    will_run = requested and not facts.checkpointing and not auto_hook
+    if not (running or will_run) or facts.embeddings_trainable or facts.input_grads_hook:
         return []
     return [finding("checkpointing-frozen-inputs", "reentrant gradient checkpointing with frozen embeddings and no "
                     "enable_input_require_grads() hook: the checkpointed blocks' inputs do not require grad, so the "

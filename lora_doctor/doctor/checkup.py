@@ -44,6 +44,27 @@ def _bf16_available(t: TrainingSettings) -> bool | None:
         return None
 
 
+def checkpointing_adds_input_hook(module: Any = None) -> bool:
+    """Whether enabling checkpointing through transformers calls enable_input_require_grads() by itself.
+
+    transformers 5 does so for models whose main input is ``input_ids``; older releases only for adapters
+    loaded through its own peft integration. Read from the installed source, so it follows upgrades.
+    """
+    import inspect
+
+    from transformers import PreTrainedModel
+
+    method = getattr(PreTrainedModel, "_activation_checkpointing_enable", None) or PreTrainedModel.gradient_checkpointing_enable
+    try:
+        adds = "needs_embedding_grads" in inspect.getsource(method) and "enable_input_require_grads" in inspect.getsource(method)
+    except (OSError, TypeError):  # pragma: no cover - source not available
+        adds = False
+    if module is not None:
+        base = module.get_base_model() if callable(getattr(module, "get_base_model", None)) else module
+        adds = adds and isinstance(base, PreTrainedModel) and getattr(base, "main_input_name", "") == "input_ids"
+    return adds
+
+
 def _quant(quantization_config: Any, resolved: ResolvedModel, facts: ModelFacts | None) -> QuantSettings:
     if quantization_config is None:
         quantization_config = getattr(resolved.config(), "quantization_config", None)
@@ -107,7 +128,9 @@ def diagnose(model: Any, lora_config: Any = None, *, training_args: Any = None, 
             findings += check_trainable(facts, settings)
         findings += check_fp16_trainable(training, facts)
         findings += check_adapter_dtypes(facts)
-    findings += check_checkpointing(training, facts if facts is not None and facts.is_peft else None)
+    if training.gradient_checkpointing or (facts is not None and facts.checkpointing):
+        peft_facts = facts if facts is not None and facts.is_peft else None
+        findings += check_checkpointing(training, peft_facts, checkpointing_adds_input_hook(module))
     findings += check_quantization(_quant(quantization_config, resolved, facts), _bf16_available(training))
     if tokenizer is not None:
         rows = next((m.in_features for m in inv.modules if m.name == inv.input_embedding), resolved.arch.vocab_size)
