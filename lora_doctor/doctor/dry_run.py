@@ -55,13 +55,22 @@ def build_trainable(resolved: ResolvedModel, s: LoraSettings, t: TrainingSetting
     return model, None
 
 
+def probe_ids(model: Any, batch: int = BATCH, seq: int = SEQ) -> Any:
+    """Random token ids (seeded) inside the input embedding's rows, on the model's device."""
+    import torch
+    import torch.nn as nn
+
+    emb = model.get_input_embeddings()
+    rows = next((m.num_embeddings for m in emb.modules() if isinstance(m, nn.Embedding)), None)
+    rows = rows or int(getattr(emb, "weight").shape[0])
+    ids = torch.randint(0, rows, (batch, seq), generator=torch.Generator().manual_seed(0))
+    return ids.to(next(model.parameters()).device)
+
+
 def _forward_loss(model: Any) -> Any:
     import torch
 
-    param = next(model.parameters())
-    vocab = int(model.get_input_embeddings().num_embeddings)
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab, (BATCH, SEQ), generator=gen).to(param.device)
+    ids = probe_ids(model)
     out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
     loss = getattr(out, "loss", None)
     return loss if loss is not None else out.logits.float().mean()

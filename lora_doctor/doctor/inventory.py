@@ -121,11 +121,15 @@ def gather(model: Any) -> ModuleInventory:
         quantized = type(weight).__name__ in ("Params4bit", "Int8Params")
         entries.append(ModuleEntry(path, kind, type(getattr(module, "base_layer", module)).__name__, in_f, out_f,
                                    scope_of(path, kind, head_path, enc_dec), quantized))
-        for pname, param in module.named_parameters(recurse=False):
-            if param.dim() == 3:
-                experts.append((f"{path}.{pname}", tuple(param.shape)))
+    params: list[str] = []
+    for raw_name, param in base.named_parameters():
+        name = raw_name.replace(".base_layer.", ".")   # peft wrappers (layers and target_parameters) fold away
+        if _ADAPTER_PART.search(name):
+            continue
+        params.append(name)
+        if param.dim() == 3:
+            experts.append((name, tuple(param.shape)))
     tied = bool(head is not None and inputs is not None and getattr(head, "weight", None) is not None
                 and head.weight is getattr(inputs, "weight", None))
-    params = [n for n, _ in base.named_parameters() if not _ADAPTER_PART.search(n)]
     return ModuleInventory(getattr(config, "model_type", type(base).__name__), entries, tied, enc_dec, experts, params,
                            input_path)

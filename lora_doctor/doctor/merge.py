@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import InvalidSettingError
 from .adapters import gather_facts
+from .dry_run import probe_ids
 from .registry import finding
 from .report import DoctorReport
 
@@ -22,9 +23,7 @@ DEQUANTIZE_RECIPE = ("Merge into a full-precision copy: reload the base model in
 def _probe(model: Any, batch: int = 2, seq: int = 8) -> dict:
     import torch
 
-    param = next(model.parameters())
-    vocab = int(model.get_input_embeddings().num_embeddings)
-    ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0)).to(param.device)
+    ids = probe_ids(model, batch, seq)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if getattr(model.get_base_model().config, "is_encoder_decoder", False):
         inputs["decoder_input_ids"] = ids

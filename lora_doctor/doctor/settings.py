@@ -50,9 +50,8 @@ class LoraSettings:
             task = getattr(config, "task_type", None)
             raw["task_type"] = getattr(task, "value", task)
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known - {"peft_type", "base_model_name_or_path", "inference_mode"})
-        if isinstance(config, dict) and unknown:
-            raise InvalidSettingError(f"unknown LoRA setting(s) {unknown}; known: {sorted(known)}")
+        if isinstance(config, dict):
+            _reject_unknown(set(raw) - known)
         kwargs = {k: v for k, v in raw.items() if k in known and v is not None}
         targets = kwargs.get("target_modules")
         if isinstance(targets, (list, tuple, set, frozenset)):
@@ -128,6 +127,19 @@ class QuantSettings:
         dtype = get("bnb_4bit_compute_dtype", None) or "float32"
         return cls(bits, str(get("bnb_4bit_quant_type", "fp4") or "fp4"), dtype_name(dtype),
                    bool(get("bnb_4bit_use_double_quant", False)))
+
+
+def _reject_unknown(keys: set[str]) -> None:
+    """Keys that are no LoraConfig field at all (a dict from ``LoraConfig.to_dict()`` passes)."""
+    if not keys:
+        return
+    from dataclasses import fields as dc_fields
+
+    from peft import LoraConfig
+
+    unknown = sorted(keys - {f.name for f in dc_fields(LoraConfig)})
+    if unknown:
+        raise InvalidSettingError(f"unknown LoRA setting(s) {unknown}: not LoraConfig fields")
 
 
 _DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}

@@ -140,3 +140,18 @@ def test_peft_model_uses_its_own_config():
 def test_meta_config_has_no_tensor_findings():
     report = diagnose(tiny_config("llama"), {"target_modules": "all-linear", "r": 16, "lora_alpha": 32})
     assert not problems(report)
+
+
+def test_peft_models_with_wrappers_and_target_parameters():
+    wrapped = tiny_peft(modules_to_save=["lm_head"], trainable_token_indices=[1, 2])
+    assert "dry-run-passed" in codes(diagnose(wrapped, dry_run=True))
+    moe = tiny_peft("mixtral", target_modules=["q_proj"], target_parameters=["mlp.experts.down_proj"])
+    report = diagnose(moe, dry_run=True)
+    assert "target-parameter-no-match" not in codes(report) and "dry-run-passed" in codes(report)
+
+
+def test_lora_config_as_dict_from_to_dict(configs):
+    from peft import LoraConfig
+
+    config = LoraConfig(target_modules=["q_proj", "v_proj"], r=16, lora_alpha=128, use_dora=True).to_dict()
+    assert "scale-extreme" in codes(diagnose(configs["llama"], config))
