@@ -74,7 +74,7 @@ def _quant(quantization_config: Any, resolved: ResolvedModel, facts: ModelFacts 
     return q
 
 
-def _summary(resolved: ResolvedModel, s: LoraSettings, inv: ModuleInventory, match: TargetMatch) -> dict:
+def _summary(s: LoraSettings, inv: ModuleInventory, match: TargetMatch) -> dict:
     by_name = inv.by_name()
     covered = {n.rsplit(".", 1)[-1] for n in match.matched}
     adapter_params = sum(s.r * (by_name[n].in_features + by_name[n].out_features)
@@ -138,4 +138,4 @@ def diagnose(model: Any, lora_config: Any = None, *, training_args: Any = None, 
         findings += check_tokenizer(TokenizerFacts.from_tokenizer(tokenizer), settings, rows, emb_names)
     if dry_run:
         findings += run_dry(resolved, settings, training, dry_run_max_params)
-    return DoctorReport(resolved.name, findings, _summary(resolved, settings, inv, match))
+    return DoctorReport(resolved.name, findings, _summary(settings, inv, match))

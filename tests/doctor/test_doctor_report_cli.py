@@ -8,7 +8,7 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
-from conftest import codes, problems, tiny_config
+from conftest import problems, tiny_config
 
 from lora_doctor import DoctorReport, Finding, diagnose
 from lora_doctor.cli import main

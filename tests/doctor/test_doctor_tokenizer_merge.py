@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import codes, problems, tiny_config, tiny_peft
+from conftest import codes, problems, tiny_peft
 
 from lora_doctor import InvalidSettingError, check_merge, diagnose
 
