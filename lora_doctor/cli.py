@@ -23,8 +23,6 @@ examples:
   lora-doctor plan ./my-model/config.json --gpu RTX3090 --json
   lora-doctor check meta-llama/Llama-3.1-8B --target-modules q_proj,v_proj --r 16 --alpha 32
   lora-doctor modules gpt2
-  lora-doctor check meta-llama/Llama-2-7b-hf --target-modules q_proj,v_proj --r 16 --alpha 32
-  lora-doctor modules Qwen/Qwen2.5-7B
   lora-doctor catalog
 """
 
