@@ -33,6 +33,8 @@ class Recipe:
     mlp: str = "gated"            # "gated" | "plain"
     dropout_sites: tuple[str, ...] = ()   # config keys of hidden dropouts applied per layer
     sdpa: bool = True             # supports attn_implementation="sdpa"
+    attn_extra_copies: float = 0  # extra hidden-width tensors SDPA keeps (GPT-2: contiguous k, v
+                                  # copies while q's view keeps the fused c_attn output alive)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -40,13 +42,18 @@ RECIPES: dict[str, Recipe] = {
     "phi3": Recipe(dropout_sites=("resid_pdrop", "resid_pdrop")),
     "gemma": Recipe(norms_per_layer=4),
     "moe": Recipe(),
-    "gpt2": Recipe(norm="layer", mlp="plain", dropout_sites=("resid_pdrop", "resid_pdrop")),
+    "gpt2": Recipe(norm="layer", mlp="plain", dropout_sites=("resid_pdrop", "resid_pdrop"), attn_extra_copies=2),
     "opt": Recipe(norm="layer", mlp="plain", dropout_sites=("dropout", "dropout")),
     "bloom": Recipe(norm="layer", mlp="plain", dropout_sites=("hidden_dropout", "hidden_dropout"), sdpa=False),
     "falcon": Recipe(norm="layer", norms_per_layer=1, mlp="plain"),
     "bert": Recipe(norm="layer", mlp="plain", dropout_sites=("hidden_dropout_prob", "hidden_dropout_prob")),
     "generic": Recipe(),
 }
+
+# Tensors of intermediate width an activation saves: gelu_new / gelu_fast are composed in Python
+# (x, tanh(...), 0.5*x and 1+tanh(...) are each kept); fused kernels keep their input only.
+ACTIVATION_SAVES: dict[str, int] = {"gelu_new": 4, "gelu_fast": 4, "gelu_pytorch_tanh": 1, "gelu": 1,
+                                    "relu": 1, "silu": 1, "swish": 1}
 
 # Projections that read the same input tensor (saved once in full fine-tuning).
 SHARED_INPUT_GROUPS: dict[str, str] = {
@@ -58,17 +65,32 @@ SHARED_INPUT_GROUPS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class DtypeContext:
-    """Bytes per element of the tensors that flow through a block."""
+    """Bytes per element of the tensors that flow through a block.
+
+    ``linear_out`` is what a base linear returns: the autocast dtype, else the load dtype; for QLoRA
+    bitsandbytes casts its output back to the input's dtype, i.e. the fp32 stream. SDPA runs in the
+    autocast dtype when autocast is on. LoRA's ``lora_A`` sees its input cast to the adapter dtype
+    (fp32), or to the autocast dtype under autocast.
+    """
 
     stream: int        # residual stream (the load dtype; fp32 after prepare_model_for_kbit_training)
-    matmul: int        # linear outputs (autocast dtype, else the stream dtype)
+    linear_out: int    # output of a base linear layer (and so of the MLP's elementwise ops)
+    autocast: int = 0  # bytes of the autocast dtype, 0 = no autocast
     adapter: int = 4   # LoRA weights (peft keeps them in fp32)
-    autocast: bool = False     # Trainer bf16/fp16 mixed precision is on
+
+    @property
+    def matmul(self) -> int:
+        """dtype a trainable linear saves its input in."""
+        return self.autocast or self.linear_out
+
+    @property
+    def attention(self) -> int:
+        return self.autocast or self.linear_out
 
     @property
     def cast_inputs(self) -> bool:
-        """Autocast casts each linear's input on its own (no sharing) when the stream is fp32."""
-        return self.autocast and self.stream != self.matmul
+        """Autocast casts each linear's input on its own (no sharing) when the stream is wider."""
+        return bool(self.autocast) and self.stream != self.autocast
 
 
 @dataclass(frozen=True)
@@ -88,11 +110,16 @@ def _linear_saves(fam: LinearFamily, *, per_layer: float, full: bool, lora: bool
         return fam.in_features * dt.matmul * per_layer if dt.cast_inputs else 0.0  # shared inputs added separately
     if not lora:
         return 0.0
-    lora_dtype = dt.matmul if dt.autocast else dt.adapter  # autocast runs lora_A in half precision
-    saved = fam.in_features * lora_dtype + r * lora_dtype
+    lora_dtype = dt.autocast or dt.adapter  # autocast runs lora_A in half precision
+    # The cast to the adapter dtype is a no-op on an fp32 stream: siblings then share the input (below).
+    saved = (0 if _lora_input_shared(dt) else fam.in_features * lora_dtype) + r * lora_dtype
     if dropout > 0:
         saved += fam.in_features * 1  # bool mask
     return saved * per_layer
+
+
+def _lora_input_shared(dt: DtypeContext) -> bool:
+    return not dt.autocast and dt.linear_out == dt.adapter
 
 
 def _norm_saves(recipe: Recipe, hidden: int, dt: DtypeContext, weight_trains: bool) -> float:
@@ -108,7 +135,7 @@ def estimate(arch: ArchSpec, *, seq_len: int, full: bool, targeted: set[str], r:
     h, L = arch.hidden_size, max(arch.num_layers, 1)
     H, K, d = arch.num_heads, arch.num_kv_heads, arch.head_dim
     inter = arch.intermediate_size
-    p = dt.matmul
+    p, pa = dt.linear_out, dt.attention
     block_fams = [f for f in arch.linear_families if f.scope in ("blocks", "encoder")]
 
     per_layer = recipe.norms_per_layer * _norm_saves(recipe, h, dt, full)
@@ -117,23 +144,27 @@ def estimate(arch: ArchSpec, *, seq_len: int, full: bool, targeted: set[str], r:
         per = fam.count / L
         per_layer += _linear_saves(fam, per_layer=per, full=full, lora=fam.example in targeted, r=r,
                                    dt=dt, dropout=lora_dropout)
-        if full and not dt.cast_inputs:
+        lora_shared = fam.example in targeted and _lora_input_shared(dt)
+        if (full and not dt.cast_inputs) or lora_shared:
             group = SHARED_INPUT_GROUPS.get(fam.name, fam.name)
-            shared_inputs[group] = max(shared_inputs.get(group, 0), int(fam.in_features * p * per))
+            key = f"{group}:{fam.in_features}"
+            shared_inputs[key] = max(shared_inputs.get(key, 0), int(fam.in_features * dt.matmul * per))
     per_layer += sum(shared_inputs.values())
 
     # Attention core.
     quadratic = 0.0
     if attn == "eager" or not recipe.sdpa:
         kv_width = H if K < H else K
-        per_layer += (H * d + 2 * kv_width * d) * p
-        quadratic = H * (4 + (p if p != 4 else 0))
+        per_layer += (H * d + 2 * kv_width * d) * pa
+        quadratic = H * (4 + (pa if pa != 4 else 0))
     else:
-        per_layer += (2 * H * d + 2 * K * d) * p + 4 * H
+        per_layer += (2 * H * d + 2 * K * d + recipe.attn_extra_copies * h) * pa + 4 * H
 
     # MLP core (experts: each token visits experts_per_token of them).
     width = inter * max(arch.experts_per_token, 1) if arch.num_experts else inter
-    per_layer += (3 if recipe.mlp == "gated" else 1) * width * p
+    act = str(arch.extra.get("hidden_act") or arch.extra.get("activation_function") or "silu")
+    act_saves = ACTIVATION_SAVES.get(act, 1)
+    per_layer += (act_saves + 2 if recipe.mlp == "gated" else act_saves) * width * p
     if arch.num_experts:
         per_layer += arch.num_experts * 4 + h * p  # router logits (fp32) + the expert-sorted input copy
 

@@ -37,13 +37,25 @@ class PhaseTotals:
 def _dtypes(s: PlanSettings) -> activations.DtypeContext:
     load = DTYPE_BYTES[s.dtype]
     stream = 4 if s.mode == "qlora" else load
-    if s.mixed_precision:
-        matmul = DTYPE_BYTES[s.mixed_precision]
-    elif s.mode == "qlora":
-        matmul = stream  # bitsandbytes returns its output in the input dtype
+    autocast = DTYPE_BYTES[s.mixed_precision] if s.mixed_precision else 0
+    linear_out = stream if s.mode == "qlora" else (autocast or load)
+    return activations.DtypeContext(stream=stream, linear_out=linear_out, autocast=autocast)
+
+
+def _autocast_weight_cache(arch: ArchSpec, s: PlanSettings, dt: activations.DtypeContext) -> int:
+    """Autocast's half-precision copies of linear weights, kept for backward (all but 4-bit ones)."""
+    if not dt.autocast:
+        return 0
+    fams = arch.linear_families
+    if s.mode == "qlora":
+        fams = [f for f in fams if f.scope == "head"]
+        stored = 4
     else:
-        matmul = load
-    return activations.DtypeContext(stream=stream, matmul=matmul, autocast=bool(s.mixed_precision))
+        stored = DTYPE_BYTES[s.dtype]
+    if stored == dt.autocast:
+        return 0
+    tied_head = arch.vocab_size * arch.hidden_size if arch.tied_embeddings else 0  # head reuses the embedding
+    return (sum(f.weight_params for f in fams) + tied_head) * dt.autocast
 
 
 def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda", lora_dropout: float = 0.0) -> PhaseTotals:
@@ -66,10 +78,8 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda", lora_dro
         saved = T * (L * layer_tokens - est.first_layer_discount + est.outside_tokens)
         recompute = 0
     saved += est.shared_bytes * b
-    if full and dt.cast_inputs:
-        linear_params = sum(f.params for f in arch.linear_families)
-        saved += linear_params * dt.matmul  # autocast's cached half-precision weight copies
-    logit_bytes = dt.matmul if s.mixed_precision else (4 if s.mode == "qlora" else DTYPE_BYTES[s.dtype])
+    saved += _autocast_weight_cache(arch, s, dt)
+    logit_bytes = dt.autocast or (4 if s.mode == "qlora" else DTYPE_BYTES[s.dtype])
     loss_fwd = T * V * (logit_bytes + 8 if logit_bytes != 4 else 8)
     loss_bwd = max(T * V * 12, T * V * (4 + logit_bytes) + pers.head_gradient)
     loss_peak = max(loss_fwd, loss_bwd)
@@ -80,7 +90,7 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda", lora_dro
             "adapters": pers.adapters, "optimizer_states": pers.optimizer_states}
     phases_bd = {
         # end of forward and start of backward; a full fine-tune's head gradient sits in the loss term
-        "forward": dict(base, gradients=0, activations=int(saved + recompute), logits_and_loss=int(loss_peak), temporaries=dequant),
+        "forward": dict(base, gradients=0, activations=int(saved), logits_and_loss=int(loss_peak), temporaries=dequant),
         "backward": dict(base, gradients=pers.gradients, activations=int(min(saved, one_layer) + recompute),
                          logits_and_loss=0, temporaries=transient),
         "optimizer_step": dict(base, gradients=pers.gradients, activations=0, logits_and_loss=0,
