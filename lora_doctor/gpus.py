@@ -91,7 +91,7 @@ def parse_gpu(spec: "str | int | GpuSpec | None") -> GpuSpec | None:
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
         return GpuSpec(f"{int(spec)} B", parse_size(spec))
     if not isinstance(spec, str) or not spec.strip():
-        raise InvalidGpuError(f"not a GPU: {spec!r}")
+        raise InvalidGpuError(f"not a GPU: {spec!r} (expected a size such as 24GB, a GPU name, or auto)")
     text = spec.strip()
     if text.lower() == "auto":
         return detect_local_gpu()
