@@ -53,9 +53,9 @@ def main(argv: list[str]) -> int:
         errors.append(abs(err))
         rows.append((case.name, measured.peak_bytes / MIB, measured.peak_phase, predicted.peak_bytes / MIB,
                      predicted.peak_phase, 100 * err, time.perf_counter() - t0))
-    print(f"{'case':38s} {'measured MiB':>12s} {'phase':>14s} {'analytic MiB':>12s} {'phase':>14s} {'error':>8s} {'s':>5s}")
+    print(f"{'case':38s} {'measured MiB':>12s} {'phase':>14s} {'analytic MiB':>12s} {'phase':>15s} {'error':>8s} {'s':>5s}")
     for name, m, mp, p, pp, e, t in rows:
-        print(f"{name:38s} {m:12.2f} {mp:>14s} {p:12.2f} {pp:>14s} {e:+7.1f}% {t:5.1f}")
+        print(f"{name:38s} {m:12.2f} {mp:>14s} {p:12.2f} {pp:>15s} {e:+7.1f}% {t:5.1f}")
     if errors:
         print(f"\n{len(errors)} cases: median |error| {100 * statistics.median(errors):.1f}%, "
               f"worst {100 * max(errors):.1f}% (goal: median <= 5%, worst <= 10%)")

@@ -59,7 +59,7 @@ class MemoryPlan:
     total_params: int
     trainable_params: int
     engine: str = "analytic"
-    peak_phase: str = "backward"           # "forward" | "backward" | "optimizer_step"
+    peak_phase: str = "backward_start"     # "backward_start" | "backward_end" | "optimizer_step" (analytic)
     gpu: GpuSpec | None = None
     fits: bool | None = None
     headroom_bytes: int | None = None      # gpu memory - device peak (negative: short by that much)

@@ -90,8 +90,8 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda", lora_dro
             "adapters": pers.adapters, "optimizer_states": pers.optimizer_states}
     phases_bd = {
         # end of forward and start of backward; a full fine-tune's head gradient sits in the loss term
-        "forward": dict(base, gradients=0, activations=int(saved), logits_and_loss=int(loss_peak), temporaries=dequant),
-        "backward": dict(base, gradients=pers.gradients, activations=int(min(saved, one_layer) + recompute),
+        "backward_start": dict(base, gradients=0, activations=int(saved), logits_and_loss=int(loss_peak), temporaries=dequant),
+        "backward_end": dict(base, gradients=pers.gradients, activations=int(min(saved, one_layer) + recompute),
                          logits_and_loss=0, temporaries=transient),
         "optimizer_step": dict(base, gradients=pers.gradients, activations=0, logits_and_loss=0,
                                temporaries=pers.optimizer_scratch),
