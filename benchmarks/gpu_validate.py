@@ -141,7 +141,7 @@ def run_case(name: str, model_id: str, kw: dict, smoke: bool) -> dict:
         poller = _NvmlPoller()
         if not smoke:
             torch.cuda.synchronize()
-            torch.cuda.reset_peak_stats()
+            torch.cuda.reset_peak_memory_stats()
             poller.start()
         t0 = time.perf_counter()
         trainer.train()
@@ -171,6 +171,31 @@ def _row(r: dict) -> str:
             f"{r['predicted_device'] / GIB:.2f} | {e2:+.1f}% | {r['context'] / 2**20:.0f} |")
 
 
+HEADER = ("| case | max_memory_allocated GiB | predicted GiB | error | max_memory_reserved GiB | "
+          "NVML device peak GiB | predicted device GiB | error | CUDA context MiB |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def rescore(path: Path, out: Path | None) -> int:
+    """Recompute predictions for stored GPU measurements (no GPU needed), e.g. after a model change."""
+    from lora_doctor import plan
+    from lora_doctor.catalog import lookup
+
+    rows = json.loads(path.read_text())
+    cases = {c[0]: c for c in CASES}
+    for r in rows:
+        if "error" in r:
+            continue
+        _, model_id, kw = cases[r["name"]]
+        p = plan(lookup(model_id).config, device="cuda", **kw)
+        r.update(predicted_peak=p.peak_bytes, predicted_device=p.device_peak_bytes, breakdown=p.breakdown)
+    text = HEADER + "\n" + "\n".join(_row(r) for r in rows) + "\n"
+    print(text)
+    if out:
+        out.write_text(text)
+        out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--case", help=argparse.SUPPRESS)
@@ -178,13 +203,15 @@ def main() -> int:
     ap.add_argument("--out")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--timeout", type=int, default=150)
+    ap.add_argument("--rescore", help="re-predict the measurements in this JSON with the current planner")
     args = ap.parse_args()
+    if args.rescore:
+        return rescore(Path(args.rescore), Path(args.out) if args.out else None)
     if args.case:
         name, model_id, kw = next(c for c in CASES if c[0] == args.case)
         print("RESULT " + json.dumps(run_case(name, model_id, kw, args.smoke)), flush=True)
         return 0
-    header = ("| case | max_memory_allocated GiB | predicted GiB | error | max_memory_reserved GiB | "
-              "NVML device peak GiB | predicted device GiB | error | CUDA context MiB |\n|---|---|---|---|---|---|---|---|---|")
+    header = HEADER
     rows = []
     print(header, flush=True)
     for name, _, _ in CASES:

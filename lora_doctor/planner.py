@@ -121,7 +121,7 @@ def _engine(engine: str, device: str) -> Callable[[ResolvedModel, PlanSettings],
 def _analytic(resolved: ResolvedModel, s: PlanSettings, device: str = "cuda") -> MemoryPlan:
     totals = step_peak(resolved.arch, s, device=device)
     peak = sum(totals.breakdown.values())
-    overhead = device_terms(peak)
+    overhead = device_terms(peak, totals.loss_bytes)
     breakdown = dict(totals.breakdown, **overhead)
     scale = None
     if s.mode != "full":

@@ -32,6 +32,7 @@ class PhaseTotals:
     trainable_params: int
     notes: tuple[str, ...]
     targets: tuple[str, ...]
+    loss_bytes: int           # logits-and-loss high-water mark, whichever phase peaks
 
 
 def _dtypes(s: PlanSettings) -> activations.DtypeContext:
@@ -100,4 +101,4 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda", lora_dro
     phase = max(totals, key=totals.__getitem__)
     notes = list(pers.notes)
     return PhaseTotals(phases_bd[phase], phase, totals, pers.trainable_params, tuple(notes),
-                       tuple(sorted({f.name for f in targeted})))
+                       tuple(sorted({f.name for f in targeted})), int(loss_peak))
