@@ -21,6 +21,7 @@ __all__ = [
     "GpuSpec",
     "InvalidGpuError",
     "InvalidSettingError",
+    "LoraDoctorCallback",
     "LoraDoctorError",
     "MemoryPlan",
     "ModelNotFoundError",
@@ -29,3 +30,12 @@ __all__ = [
     "WontFitError",
     "parse_gpu",
 ]
+
+
+def __getattr__(name: str):
+    """Exports that import torch/transformers load on first use, so ``import lora_doctor`` stays light."""
+    if name == "LoraDoctorCallback":
+        from .callback import LoraDoctorCallback
+
+        return LoraDoctorCallback
+    raise AttributeError(f"module 'lora_doctor' has no attribute {name!r}")
