@@ -43,8 +43,12 @@ def _memory_row(report: PreflightReport) -> str:
         return f"no plan{where}; measured peaks are logged after the first step"
     terms = sorted(((v, k) for k, v in plan.breakdown.items() if v), reverse=True)[:4]
     parts = ", ".join(f"{k} {format_bytes(v, 1)}" for v, k in terms)
-    against = f" of {format_bytes(capacity)} ({plan.device_peak_bytes / capacity:.0%})" if capacity else ""
-    return f"device peak {format_bytes(plan.device_peak_bytes)}{against}; {parts}"
+    peaks = f"planned peak {format_bytes(plan.peak_bytes)} (device {format_bytes(plan.device_peak_bytes)})"
+    if capacity:
+        headroom = capacity - plan.device_peak_bytes
+        peaks += f" of {format_bytes(capacity)}: {plan.device_peak_bytes / capacity:.0%} used, " \
+                 f"{'headroom' if headroom >= 0 else 'SHORT by'} {format_bytes(abs(headroom))}"
+    return f"{peaks}; largest: {parts}"
 
 
 def preflight_rows(report: PreflightReport) -> list[tuple[str, str]]:
