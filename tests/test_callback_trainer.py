@@ -183,3 +183,12 @@ def test_bad_options_are_rejected():
         LoraDoctorCallback(on_explosion="panic")
     with pytest.raises(InvalidSettingError):
         LoraDoctorCallback(check_every=0)
+
+
+def test_grad_norm_matches_trainer_under_gradient_accumulation(trainer_factory):
+    cb, _ = quiet()
+    trainer = trainer_factory(tiny_lora(), cb, max_steps=4, logging_steps=1, gradient_accumulation_steps=3)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "grad_norm" in entry]
+    assert len(logged) == 4
+    assert all(entry["doctor/grad_norm"] == pytest.approx(entry["grad_norm"], rel=1e-4) for entry in logged)
