@@ -192,3 +192,21 @@ def test_grad_norm_matches_trainer_under_gradient_accumulation(trainer_factory):
     logged = [entry for entry in trainer.state.log_history if "grad_norm" in entry]
     assert len(logged) == 4
     assert all(entry["doctor/grad_norm"] == pytest.approx(entry["grad_norm"], rel=1e-4) for entry in logged)
+
+
+def test_gpu_option_is_validated_up_front():
+    from lora_doctor.errors import InvalidGpuError
+
+    assert LoraDoctorCallback(gpu="24GB").gpu.memory_bytes == 24 * 1024**3
+    assert LoraDoctorCallback(gpu="auto").gpu is None   # the local GPU, looked up before step 1
+    with pytest.raises(InvalidGpuError):
+        LoraDoctorCallback(gpu="a potato")
+
+
+def test_same_callback_in_a_second_train_call(trainer_factory):
+    cb, _ = quiet()
+    model = tiny_lora()
+    trainer_factory(model, cb, max_steps=3, logging_steps=1).train()
+    trainer_factory(model, cb, max_steps=3, logging_steps=1).train()
+    assert problems(cb) == []
+    assert all(len(p._post_accumulate_grad_hooks or {}) == 0 for p in model.parameters() if p.requires_grad)

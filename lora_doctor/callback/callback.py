@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 
 from ..errors import InvalidSettingError
 from ..findings import Finding
+from ..gpus import parse_gpu
 from .console import DoctorConsole, Status
 from .glue import agree, checkpoint_dir, find_callback_handler, is_logging_step, move_before_reporters
 from .memory import MemoryMeter, MemoryReading, judge_memory, memory_metrics
@@ -81,7 +82,7 @@ class LoraDoctorCallback(TrainerCallback):
         self.thresholds = thresholds or Thresholds()
         self.check_every = check_every
         self.save_on_stop = save_on_stop
-        self.gpu = gpu
+        self.gpu = None if gpu == "auto" else parse_gpu(gpu)   # bad specs fail here, not mid-training
         self.console = console if isinstance(console, DoctorConsole) else DoctorConsole(bool(console))
         self.run_preflight = preflight
         self.findings: list[Finding] = []
@@ -124,6 +125,7 @@ class LoraDoctorCallback(TrainerCallback):
             move_before_reporters(handler, self)
         if model is None:
             return
+        self.on_train_end(args, state, control)   # a second train() on the same callback: drop old hooks
         first = next(model.parameters(), None)
         self._device = first.device if first is not None else None
         self._cpu = self._device is None or self._device.type == "cpu"
