@@ -151,8 +151,3 @@ class SpikeDetector:
             {"step": step, "value": str(value)},
         )
 
-
-def robust_median(values: list[float]) -> float | None:
-    """Median of the finite values, None when there are none."""
-    finite = [v for v in values if math.isfinite(v)]
-    return statistics.median(finite) if finite else None
