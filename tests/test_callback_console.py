@@ -34,14 +34,14 @@ def report() -> PreflightReport:
                                  "cuda_context": int(0.4 * GIB)},
                       peak_bytes=int(10.4 * GIB), device_peak_bytes=int(11.5 * GIB), total_params=6_738_415_616,
                       trainable_params=39_976_960, gpu=gpu, fits=True, headroom_bytes=int(12.5 * GIB))
-    findings = [Finding("lora.targets_partial", "info", "MLP projections are not adapted",
+    findings = [Finding("coverage-partial", "info", "MLP projections are not adapted",
                         "add gate_proj, up_proj, down_proj for generation tasks"),
-                Finding("lora.scale_high", "warning", "effective LoRA scale 8 (lora_alpha=128, r=16) is large",
+                Finding("scale-high", "warning", "effective LoRA scale 8 (lora_alpha=128, r=16) is large",
                         "use lora_alpha=32 (scale 2)")]
     return PreflightReport(summary, {"seq_len": 2048, "batch_size": 4}, plan, findings, gpu.memory_bytes)
 
 
-ALARM = [Finding("train.grad_explosion", "warning", "gradient norm spiked at step 15: 114 is 1000.0x the recent median 0.114",
+ALARM = [Finding("grad-norm-spike", "warning", "gradient norm spiked at step 15: 114 is 1000.0x the recent median 0.114",
                  "lower the learning rate", {"step": 15})]
 STATUS = Status(step=120, loss=1.234, grad_norm=0.84, grad_median=0.8, top_module="model.layers.3.mlp.down_proj",
                 top_module_norm=0.41, delta_ratio_max=0.0123, dead_adapters=0,

@@ -24,7 +24,7 @@ def test_steady_series_raises_nothing():
 def test_spike_after_warmup_is_reported_at_its_step():
     values = noisy(15) + [50.0] + noisy(10)
     found = feed(SpikeDetector(GRAD_NORM, RULE), values)
-    assert [(step, f.code, f.severity) for step, f in found] == [(16, "train.grad_explosion", "warning")]
+    assert [(step, f.code, f.severity) for step, f in found] == [(16, "grad-norm-spike", "warning")]
     data = found[0][1].data
     assert data["step"] == 16 and data["value"] == 50.0 and data["threshold"] < 50.0
 
@@ -51,7 +51,7 @@ def test_min_ratio_guards_flat_series():
 def test_nonfinite_is_immediate_and_stays_out_of_the_window(bad):
     det = SpikeDetector(LOSS, RULE)
     found = feed(det, [2.0, bad, 2.0])   # during warm-up still
-    assert [(s, f.code, f.severity) for s, f in found] == [(2, "train.loss_nonfinite", "error")]
+    assert [(s, f.code, f.severity) for s, f in found] == [(2, "loss-non-finite", "error")]
     assert det.stats().median == 2.0
 
 

@@ -2,11 +2,12 @@
 
 from types import SimpleNamespace
 
+from callback_support import tiny_llama, tiny_lora  # first: sets the offline environment
+
 import pytest
 import torch
 
 import lora_doctor
-from conftest import tiny_llama, tiny_lora
 from lora_doctor.callback import lora_stats
 from lora_doctor.callback.glue import is_logging_step, move_before_reporters
 from lora_doctor.callback.memory import MemoryMeter, MemoryReading, judge_memory, memory_metrics
@@ -57,11 +58,11 @@ def test_zero_init_and_dead_adapters():
     with torch.no_grad():
         adapters[0].a.zero_()
     [finding] = lora_stats.init_findings(adapters)
-    assert finding.code == "lora.zero_init" and finding.severity == "error"
+    assert finding.code == "init-both-zero" and finding.severity == "error"
     assert finding.data["modules"] == [adapters[0].name]
     _, b_norms = lora_stats.adapter_norms(adapters)
     dead = lora_stats.dead_adapter_finding(adapters, b_norms, step=20)
-    assert dead.code == "lora.dead_adapters" and dead.data["count"] == 4
+    assert dead.code == "adapters-dead" and dead.data["count"] == 4
 
 
 def test_module_of():
@@ -79,8 +80,8 @@ def test_judge_memory_plan_off_and_low_headroom():
     reading = MemoryReading(allocated_peak=12 * GIB, reserved_peak=int(23 * GIB), device_used=int(23.5 * GIB),
                             capacity=24 * GIB)
     codes = {f.code: f for f in judge_memory(reading, 10 * GIB, 11 * GIB, step=1)}
-    assert set(codes) == {"memory.plan_mismatch", "memory.low_headroom"}
-    assert codes["memory.plan_mismatch"].data["error"] == pytest.approx(0.2)
+    assert set(codes) == {"memory-plan-off", "memory-headroom-low"}
+    assert codes["memory-plan-off"].data["error"] == pytest.approx(0.2)
     fine = MemoryReading(allocated_peak=int(10.5 * GIB), reserved_peak=11 * GIB, device_used=12 * GIB, capacity=24 * GIB)
     assert judge_memory(fine, 10 * GIB, 11 * GIB, step=1) == []
     assert memory_metrics(fine, 10 * GIB)["doctor/memory_plan_error"] == pytest.approx(0.05)
@@ -96,16 +97,18 @@ def test_plan_settings_from_training_arguments(tmp_path):
     assert settings == {
         "mode": "lora", "batch_size": 3, "seq_len": 77, "dtype": "fp32", "optim": "adamw_torch",
         "gradient_checkpointing": True, "attn_implementation": settings["attn_implementation"],
-        "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "use_rslora": False,
+        "device": "cpu", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "use_rslora": False,
     }
 
 
-def test_preflight_degrades_without_planner_and_doctor():
+def test_preflight_degrades_without_planner_and_doctor(monkeypatch):
+    monkeypatch.delattr(lora_doctor, "plan", raising=False)
+    monkeypatch.delattr(lora_doctor, "diagnose", raising=False)
     model = tiny_lora()
     report = run_preflight(model, SimpleNamespace(per_device_train_batch_size=2), None,
                            lora_stats.find_adapters(model), batch=2, seq_len=8)
     codes = {f.code: f.severity for f in report.findings}
-    assert codes == {"doctor.planner_unavailable": "info", "doctor.diagnose_unavailable": "info"}
+    assert codes == {"planner-unavailable": "info", "doctor-unavailable": "info"}
     assert report.plan is None
 
 
@@ -120,7 +123,7 @@ def test_preflight_calls_plan_and_diagnose_when_present(monkeypatch):
 
     def fake_diagnose(model, lora_config=None, **kwargs):
         calls["diagnose"] = (model, lora_config, kwargs)
-        return SimpleNamespace(findings=[Finding("lora.scale_high", "warning", "m", "f")])
+        return SimpleNamespace(findings=[Finding("scale-high", "warning", "m", "f")])
 
     monkeypatch.setattr(lora_doctor, "plan", fake_plan, raising=False)
     monkeypatch.setattr(lora_doctor, "diagnose", fake_diagnose, raising=False)
@@ -129,7 +132,7 @@ def test_preflight_calls_plan_and_diagnose_when_present(monkeypatch):
                            lora_stats.find_adapters(model), batch=2, seq_len=8)
     assert calls["plan"][0] is model and calls["plan"][1]["seq_len"] == 8 and calls["plan"][1]["r"] == 4
     assert calls["diagnose"][0] is model and calls["diagnose"][1].r == 4 and calls["diagnose"][2]["tokenizer"] == "tok"
-    assert report.planned_peak == GIB and [f.code for f in report.findings] == ["lora.scale_high"]
+    assert report.planned_peak == GIB and [f.code for f in report.findings] == ["scale-high"]
 
 
 def test_preflight_survives_a_raising_planner(monkeypatch):
@@ -141,7 +144,7 @@ def test_preflight_survives_a_raising_planner(monkeypatch):
     model = tiny_lora()
     report = run_preflight(model, SimpleNamespace(), None, lora_stats.find_adapters(model), batch=1, seq_len=4)
     assert {f.code: f.severity for f in report.findings} == {
-        "doctor.planner_failed": "warning", "doctor.diagnose_failed": "warning"}
+        "planner-failed": "warning", "doctor-failed": "warning"}
 
 
 def test_move_before_reporters_keeps_iteration_intact():

@@ -1,5 +1,7 @@
 """Real Trainer runs on CPU with tiny random Llamas: healthy, exploding, NaN, dead adapters, broken sources."""
 
+from callback_support import tiny_llama, tiny_lora, trainer_factory  # noqa: F401  first: offline env; fixture
+
 import io
 import math
 import os
@@ -9,7 +11,6 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from conftest import tiny_llama, tiny_lora
 from lora_doctor import LoraDoctorCallback
 from lora_doctor.callback import DoctorConsole, LoraDoctorWarning, Thresholds
 
@@ -81,7 +82,7 @@ def test_explosion_alarm_at_the_injected_step(trainer_factory, action):
     trainer = trainer_factory(model, cb, max_steps=STEPS, logging_steps=5,
                               extra_callbacks=[ScaleGradientsAt(model, BAD_STEP, 1e3)])
     trainer.train()
-    [alarm] = [f for f in cb.findings if f.code == "train.grad_explosion"]
+    [alarm] = [f for f in cb.findings if f.code == "grad-norm-spike"]
     assert alarm.data["step"] == BAD_STEP and alarm.data["top_modules"]
     assert "lora-doctor alarm" in out.getvalue()
     if action == "warn":
@@ -90,7 +91,7 @@ def test_explosion_alarm_at_the_injected_step(trainer_factory, action):
         assert cb.stopped_at == BAD_STEP == trainer.state.global_step
         assert os.path.isfile(os.path.join(cb.checkpoint, "adapter_model.safetensors"))
         assert os.path.isfile(os.path.join(cb.checkpoint, "trainer_state.json"))
-        stopped = [f for f in cb.findings if f.code == "doctor.stopped"]
+        stopped = [f for f in cb.findings if f.code == "training-stopped"]
         assert stopped and cb.checkpoint in stopped[0].message
 
 
@@ -103,10 +104,10 @@ def test_nan_gradients_stop_with_finite_checkpoint(trainer_factory):
                               extra_callbacks=[ScaleGradientsAt(model, 6, math.nan)])
     trainer.train()
     codes = [f.code for f in cb.findings]
-    assert "train.grad_nonfinite" in codes and cb.stopped_at == 6 == trainer.state.global_step
+    assert "grad-norm-non-finite" in codes and cb.stopped_at == 6 == trainer.state.global_step
     saved = load_file(os.path.join(cb.checkpoint, "adapter_model.safetensors"))
     assert all(torch.isfinite(t).all() for t in saved.values())
-    assert "last finite ones" in next(f.message for f in cb.findings if f.code == "doctor.stopped")
+    assert "last finite ones" in next(f.message for f in cb.findings if f.code == "training-stopped")
 
 
 def test_nan_loss_in_full_finetuning(trainer_factory):
@@ -126,8 +127,8 @@ def test_nan_loss_in_full_finetuning(trainer_factory):
     cb, _ = quiet(on_nonfinite="warn")
     trainer = trainer_factory(model, cb, max_steps=8, logging_steps=4, extra_callbacks=[Step()])
     trainer.train()
-    steps = {f.code: f.data["step"] for f in cb.findings if f.code.startswith("train.")}
-    assert steps == {"train.loss_nonfinite": 4, "train.grad_nonfinite": 4}
+    steps = {f.code: f.data["step"] for f in cb.findings if f.code in {"loss-non-finite", "grad-norm-non-finite", "loss-spike", "grad-norm-spike"}}
+    assert steps == {"loss-non-finite": 4, "grad-norm-non-finite": 4}
     assert cb.stopped_at is None and trainer.state.global_step == 8
 
 
@@ -140,8 +141,8 @@ def test_zero_a_and_b_is_caught(trainer_factory):
     cb, _ = quiet(thresholds=Thresholds(dead_adapter_steps=5))
     trainer_factory(model, cb, max_steps=8, logging_steps=4).train()
     codes = {f.code: f for f in cb.findings}
-    assert codes["lora.zero_init"].severity == "error"
-    assert codes["lora.dead_adapters"].data["count"] == 4
+    assert codes["init-both-zero"].severity == "error"
+    assert codes["adapters-dead"].data["count"] == 4
 
 
 def test_crashing_metric_sources_do_not_stop_training(trainer_factory, monkeypatch):
@@ -158,7 +159,7 @@ def test_crashing_metric_sources_do_not_stop_training(trainer_factory, monkeypat
         trainer.train()
     assert trainer.state.global_step == 6
     assert len(record) == 2   # once per failing source, not once per step
-    assert [f.data["where"] for f in cb.findings if f.code == "doctor.internal_error"] == [
+    assert [f.data["where"] for f in cb.findings if f.code == "callback-internal-error"] == [
         "adapter checks", "memory readings"]
 
 
@@ -205,8 +206,9 @@ def test_gpu_option_is_validated_up_front():
 
 def test_same_callback_in_a_second_train_call(trainer_factory):
     cb, _ = quiet()
-    model = tiny_lora()
-    trainer_factory(model, cb, max_steps=3, logging_steps=1).train()
-    trainer_factory(model, cb, max_steps=3, logging_steps=1).train()
+    first, second = tiny_lora(), tiny_lora(seed=1)
+    trainer_factory(first, cb, max_steps=3, logging_steps=1).train()
+    trainer_factory(second, cb, max_steps=3, logging_steps=1).train()
     assert problems(cb) == []
-    assert all(len(p._post_accumulate_grad_hooks or {}) == 0 for p in model.parameters() if p.requires_grad)
+    hooks = lambda model: sum(len(p._post_accumulate_grad_hooks or {}) for p in model.parameters())  # noqa: E731
+    assert hooks(first) == 0 and hooks(second) == 0   # removed at the end of each run

@@ -4,7 +4,7 @@
 
 See docs/callback.md for options, metrics and alarms. Every event handler and hook is guarded: an
 exception inside the callback is reported once as a :class:`LoraDoctorWarning` (and a
-``doctor.internal_error`` finding) and training goes on.
+``callback-internal-error`` finding) and training goes on.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from .probes import FirstBatchHook
 ACTIONS = ("warn", "stop")
 # finding code -> which option decides what happens
 ACTION_OPTION = {
-    "train.grad_explosion": "on_explosion",
-    "train.loss_spike": "on_explosion",
-    "train.grad_nonfinite": "on_nonfinite",
-    "train.loss_nonfinite": "on_nonfinite",
+    "grad-norm-spike": "on_explosion",
+    "loss-spike": "on_explosion",
+    "grad-norm-non-finite": "on_nonfinite",
+    "loss-non-finite": "on_nonfinite",
 }
 NONFINITE_CODES = {code for code, option in ACTION_OPTION.items() if option == "on_nonfinite"}
-REPORT_ONCE = {"memory.plan_mismatch", "memory.low_headroom", "lora.large_update", "lora.dead_adapters"}
+REPORT_ONCE = {"memory-plan-off", "memory-headroom-low", "update-ratio-high", "adapters-dead"}
 
 
 class LoraDoctorWarning(UserWarning):
@@ -108,7 +108,7 @@ class LoraDoctorCallback(TrainerCallback):
             return
         self._failed.add(where)
         self.findings.append(Finding(
-            "doctor.internal_error", "warning",
+            "callback-internal-error", "warning",
             f"lora-doctor's {where} failed ({type(exc).__name__}: {exc}); that check is skipped, training goes on",
             "please report this at the lora-doctor issue tracker with the traceback", {"where": where, "error": repr(exc)},
         ))
@@ -163,7 +163,7 @@ class LoraDoctorCallback(TrainerCallback):
             self._internal_error("gradient/loss probe", exc)
         stop = agree(self._stop is not None, self._device)
         if stop and self._stop is None:
-            self._stop = Finding("train.stopped_by_peer", "error", "another rank asked to stop",
+            self._stop = Finding("training-stopped-by-peer", "error", "another rank asked to stop",
                                  "see that rank's findings", {"step": step})
         if stop and self._stop.code in NONFINITE_CODES and self._scaler is None:
             self.monitor.drop_gradients()   # the optimizer skips this update: the checkpoint stays finite
@@ -225,7 +225,7 @@ class LoraDoctorCallback(TrainerCallback):
                       " It was noticed after the bad step, so the saved weights may hold NaN/inf: "
                       "resume from an earlier checkpoint if they do (check_every=1 catches it in time).")
         stopped = Finding(
-            "doctor.stopped", trigger.severity,
+            "training-stopped", trigger.severity,
             f"training stopped at step {step} ({option}='stop') because of {trigger.code}; {where}.{caveat}",
             f"fix the cause ({trigger.fix}), then resume with "
             f"trainer.train(resume_from_checkpoint={self.checkpoint!r})" if self.checkpoint else trigger.fix,

@@ -60,8 +60,8 @@ class SeriesSpec:
 
 GRAD_NORM = SeriesSpec(
     name="gradient norm",
-    spike_code="train.grad_explosion",
-    nonfinite_code="train.grad_nonfinite",
+    spike_code="grad-norm-spike",
+    nonfinite_code="grad-norm-non-finite",
     spike_fix=("lower the learning rate or the LoRA scale (lora_alpha / r), keep max_grad_norm at 1.0, "
                "add warmup steps; check the batch that caused it"),
     nonfinite_fix=("use bf16 instead of fp16, lower the learning rate, keep max_grad_norm > 0; "
@@ -69,8 +69,8 @@ GRAD_NORM = SeriesSpec(
 )
 LOSS = SeriesSpec(
     name="loss",
-    spike_code="train.loss_spike",
-    nonfinite_code="train.loss_nonfinite",
+    spike_code="loss-spike",
+    nonfinite_code="loss-non-finite",
     spike_fix="lower the learning rate, add warmup steps, check the data around this step for broken samples",
     nonfinite_fix=("use bf16 instead of fp16 (fp16 overflows above 65504), lower the learning rate, "
                    "check for empty label masks (all -100) in the batch; restart from the last checkpoint"),

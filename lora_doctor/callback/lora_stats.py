@@ -197,7 +197,7 @@ def init_findings(adapters: list[Adapter]) -> list[Finding]:
     both_zero = [ad.name for ad, na, nb in zip(adapters, a_norms, b_norms) if na == 0 and nb == 0]
     if both_zero:
         findings.append(Finding(
-            "lora.zero_init", "error",
+            "init-both-zero", "error",
             f"{len(both_zero)} of {len(adapters)} adapters have lora_A and lora_B both zero (e.g. {both_zero[0]}): "
             "the gradient of A contains B and the gradient of B contains A, so neither ever moves",
             "initialize lora_A randomly (peft's default init_lora_weights=True); if you loaded adapter "
@@ -207,7 +207,7 @@ def init_findings(adapters: list[Adapter]) -> list[Finding]:
     frozen = [ad.name for ad in adapters if not (ad.a.requires_grad or ad.b.requires_grad)]
     if frozen:
         findings.append(Finding(
-            "lora.frozen_adapters", "warning",
+            "adapter-frozen", "warning",
             f"{len(frozen)} of {len(adapters)} adapters are frozen (requires_grad=False), e.g. {frozen[0]}",
             "load the adapter with is_trainable=True (PeftModel.from_pretrained) or call model.train()",
             {"modules": frozen[:20], "count": len(frozen)},
@@ -220,7 +220,7 @@ def dead_adapter_finding(adapters: list[Adapter], b_norms: list[float], step: in
     if not dead:
         return None
     return Finding(
-        "lora.dead_adapters", "warning",
+        "adapters-dead", "warning",
         f"{len(dead)} of {len(adapters)} adapters still have lora_B == 0 after {step} optimizer steps "
         f"(e.g. {dead[0]}): they have not learned anything",
         "check that lora_A is not zero, the learning rate is not 0, and with gradient checkpointing and "
@@ -236,7 +236,7 @@ def delta_ratio_finding(names: list[str], ratios: list[float | None], step: int,
         return None
     ratio, name = over[0]
     return Finding(
-        "lora.large_update", "warning",
+        "update-ratio-high", "warning",
         f"at step {step} the adapter of {name} has moved the layer by {ratio:.2f}x its base weight norm "
         f"(||s*B@A|| / ||W0||; {len(over)} layers above {limit:g}): training is rewriting the layer, not adapting it",
         "lower the learning rate or lora_alpha; typical ratios stay well below 0.1",

@@ -113,7 +113,7 @@ def judge_memory(reading: MemoryReading, planned_peak: int | None, planned_devic
     err = plan_error(reading.allocated_peak, planned_peak)
     if err is not None and abs(err) > tolerance:
         findings.append(Finding(
-            "memory.plan_mismatch", "warning" if err > 0 else "info",
+            "memory-plan-off", "warning" if err > 0 else "info",
             f"measured peak {format_bytes(reading.allocated_peak)} (torch.cuda.max_memory_allocated, step {step}) "
             f"is {abs(err):.0%} {'above' if err > 0 else 'below'} the planned {format_bytes(planned_peak)}",
             "trust the measurement for sizing this run; if the plan was much too low, report the model and "
@@ -126,7 +126,7 @@ def judge_memory(reading: MemoryReading, planned_peak: int | None, planned_devic
         headroom = (reading.capacity - used) / reading.capacity
         if headroom < min_headroom:
             findings.append(Finding(
-                "memory.low_headroom", "warning",
+                "memory-headroom-low", "warning",
                 f"only {headroom:.1%} of {format_bytes(reading.capacity)} is left at step {step} "
                 f"({format_bytes(used)} in use): a longer batch or fragmentation can run out of memory",
                 "enable gradient_checkpointing, lower per_device_train_batch_size (raise "

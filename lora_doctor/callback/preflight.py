@@ -55,6 +55,11 @@ def _weights_dtype(model: torch.nn.Module, mode: str) -> str | None:
     return None
 
 
+def _on_cpu(model: torch.nn.Module) -> bool:
+    first = next(model.parameters(), None)
+    return first is None or first.device.type == "cpu"
+
+
 def _checkpointing_enabled(model: Any) -> bool:
     base = getattr(model, "get_base_model", lambda: model)()
     for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):   # new name first: no deprecation warning
@@ -77,6 +82,7 @@ def plan_settings(model: Any, args: Any, summary: ModelSummary, batch: int | Non
         "gradient_checkpointing": bool(getattr(args, "gradient_checkpointing", False)
                                        or _checkpointing_enabled(model)),
         "attn_implementation": getattr(base_config, "_attn_implementation", None),
+        "device": "cpu" if _on_cpu(model) else "cuda",   # whose optimizer implementation to model
     }
     lora = _lora_config(model)
     if lora is not None and summary.mode != "full":
@@ -115,15 +121,15 @@ def _failed(code: str, what: str, exc: BaseException) -> Finding:
 def run_plan(model: Any, settings: dict, gpu: Any) -> tuple[Any, list[Finding]]:
     plan = _library_function("plan")
     if plan is None:
-        return None, [_unavailable("doctor.planner_unavailable", "the memory planner", "plan")]
+        return None, [_unavailable("planner-unavailable", "the memory planner", "plan")]
     try:
         result = plan(model, gpu=gpu, **settings)
     except Exception as exc:
-        return None, [_failed("doctor.planner_failed", "the memory planner", exc)]
+        return None, [_failed("planner-failed", "the memory planner", exc)]
     findings = []
     if getattr(result, "fits", None) is False:
         findings.append(Finding(
-            "memory.wont_fit", "warning",
+            "memory-wont-fit", "warning",
             f"the planner predicts a device peak of {format_bytes(result.device_peak_bytes)}, more than the "
             f"{format_bytes(result.gpu.memory_bytes)} of {result.gpu.name}; largest term: {result.largest_term}",
             getattr(result, "recommendation", None) or "run `lora-doctor plan` for what would fit",
@@ -135,14 +141,14 @@ def run_plan(model: Any, settings: dict, gpu: Any) -> tuple[Any, list[Finding]]:
 def run_diagnose(model: Any, args: Any, tokenizer: Any) -> list[Finding]:
     diagnose = _library_function("diagnose")
     if diagnose is None:
-        return [_unavailable("doctor.diagnose_unavailable", "the config doctor", "diagnose")]
+        return [_unavailable("doctor-unavailable", "the config doctor", "diagnose")]
     base_config = getattr(getattr(model, "get_base_model", lambda: model)(), "config", None)
     try:
         report = diagnose(model, _lora_config(model), training_args=args, tokenizer=tokenizer,
                           quantization_config=getattr(base_config, "quantization_config", None))
         return list(getattr(report, "findings", report) or [])
     except Exception as exc:
-        return [_failed("doctor.diagnose_failed", "the config doctor", exc)]
+        return [_failed("doctor-failed", "the config doctor", exc)]
 
 
 def _local_gpu(gpu: Any) -> Any:

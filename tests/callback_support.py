@@ -1,4 +1,7 @@
-"""Shared fixtures: tiny random Llama models and a Trainer factory (offline, CPU)."""
+"""Callback test support: tiny random Llama models and a Trainer factory (offline, CPU).
+
+A plain module, not a conftest, so it does not clash with tests/doctor/conftest.py.
+"""
 
 from __future__ import annotations
 
