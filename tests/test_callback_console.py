@@ -73,9 +73,12 @@ def test_snapshot(name, render):
     check(name, render())
 
 
-def test_no_plan_row():
+def test_memory_row_without_plan_or_gpu():
     r = report()
-    r.plan, r.capacity_bytes = None, None
+    r.capacity_bytes = None
+    assert "planned tensor peak 10.40 GiB (no GPU to compare with); largest: activations" in preflight_plain(r)
+    assert "cuda_context" not in preflight_plain(r)
+    r.plan = None
     assert "no plan (no GPU: nothing to measure)" in preflight_plain(r)
 
 

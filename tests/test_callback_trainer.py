@@ -59,6 +59,10 @@ def test_healthy_lora_run(trainer_factory):
         trainer.train()
     assert problems(cb) == [] and cb.stopped_at is None
     assert trainer.state.global_step == STEPS
+    # the planner and the config doctor ran on the real model with the first batch's shape
+    settings = cb.report.plan.settings
+    assert (settings.mode, settings.batch_size, settings.seq_len, settings.r) == ("lora", 4, 16, 4)
+    assert not {"planner-unavailable", "doctor-unavailable"} & {f.code for f in cb.findings}
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert all(entry["doctor/grad_norm"] == pytest.approx(entry["grad_norm"], rel=1e-4) for entry in logged)
     # metrics reach callbacks that run before ours (report_to integrations)

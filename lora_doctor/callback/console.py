@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..findings import Finding
+from ..plan_types import DEVICE_TERMS
 from ..units import format_bytes
 from .memory import MemoryReading
 from .preflight import PreflightReport
@@ -41,14 +42,15 @@ def _memory_row(report: PreflightReport) -> str:
     if plan is None:
         where = f" on a {format_bytes(capacity)} GPU" if capacity else " (no GPU: nothing to measure)"
         return f"no plan{where}; measured peaks are logged after the first step"
-    terms = sorted(((v, k) for k, v in plan.breakdown.items() if v), reverse=True)[:4]
-    parts = ", ".join(f"{k} {format_bytes(v, 1)}" for v, k in terms)
-    peaks = f"planned peak {format_bytes(plan.peak_bytes)} (device {format_bytes(plan.device_peak_bytes)})"
-    if capacity:
-        headroom = capacity - plan.device_peak_bytes
-        peaks += f" of {format_bytes(capacity)}: {plan.device_peak_bytes / capacity:.0%} used, " \
-                 f"{'headroom' if headroom >= 0 else 'SHORT by'} {format_bytes(abs(headroom))}"
-    return f"{peaks}; largest: {parts}"
+    shown = plan.breakdown if capacity else {k: v for k, v in plan.breakdown.items() if k not in DEVICE_TERMS}
+    terms = sorted(((v, k) for k, v in shown.items() if v), reverse=True)[:4]
+    largest = "; largest: " + ", ".join(f"{k} {format_bytes(v, 1)}" for v, k in terms)
+    if not capacity:
+        return f"planned tensor peak {format_bytes(plan.peak_bytes)} (no GPU to compare with){largest}"
+    headroom = capacity - plan.device_peak_bytes
+    return (f"planned peak {format_bytes(plan.peak_bytes)} (device {format_bytes(plan.device_peak_bytes)}) "
+            f"of {format_bytes(capacity)}: {plan.device_peak_bytes / capacity:.0%} used, "
+            f"{'headroom' if headroom >= 0 else 'SHORT by'} {format_bytes(abs(headroom))}{largest}")
 
 
 def preflight_rows(report: PreflightReport) -> list[tuple[str, str]]:

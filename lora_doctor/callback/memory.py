@@ -143,7 +143,7 @@ def memory_metrics(reading: MemoryReading, planned_peak: int | None) -> dict[str
         "doctor/memory_allocated_peak_gib": reading.allocated_peak,
         "doctor/memory_reserved_peak_gib": reading.reserved_peak,
         "doctor/memory_device_used_gib": reading.device_used,
-        "doctor/memory_planned_peak_gib": planned_peak,
+        "doctor/memory_planned_peak_gib": planned_peak if reading.measured else None,
     }
     out = {k: v / gib for k, v in values.items() if v is not None}
     err = plan_error(reading.allocated_peak, planned_peak)
