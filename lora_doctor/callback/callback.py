@@ -217,7 +217,8 @@ class LoraDoctorCallback(TrainerCallback):
             control.should_save = True
             self.checkpoint = checkpoint_dir(args, state)
             where = f"checkpoint {self.checkpoint}"
-        option = ACTION_OPTION.get(trigger.code, "on_nonfinite")
+        option = ACTION_OPTION.get(trigger.code)
+        why = f"{option}='stop'" if option else "asked by another rank"
         caveat = ""
         if trigger.code in NONFINITE_CODES:
             caveat = (" The non-finite update was skipped, so the saved weights are the last finite ones."
@@ -226,7 +227,7 @@ class LoraDoctorCallback(TrainerCallback):
                       "resume from an earlier checkpoint if they do (check_every=1 catches it in time).")
         stopped = Finding(
             "training-stopped", trigger.severity,
-            f"training stopped at step {step} ({option}='stop') because of {trigger.code}; {where}.{caveat}",
+            f"training stopped at step {step} ({why}) because of {trigger.code}; {where}.{caveat}",
             f"fix the cause ({trigger.fix}), then resume with "
             f"trainer.train(resume_from_checkpoint={self.checkpoint!r})" if self.checkpoint else trigger.fix,
             {"step": step, "trigger": trigger.code, "checkpoint": self.checkpoint},
