@@ -24,6 +24,7 @@ __all__ = [
     "GpuSpec",
     "InvalidGpuError",
     "InvalidSettingError",
+    "LoraDoctorCallback",
     "LoraDoctorError",
     "MemoryPlan",
     "ModelNotFoundError",
@@ -35,3 +36,12 @@ __all__ = [
     "parse_gpu",
     "plan",
 ]
+
+
+def __getattr__(name: str):
+    """Exports that import torch/transformers load on first use, so ``import lora_doctor`` stays light."""
+    if name == "LoraDoctorCallback":
+        from .callback import LoraDoctorCallback
+
+        return LoraDoctorCallback
+    raise AttributeError(f"module 'lora_doctor' has no attribute {name!r}")

@@ -1,0 +1,277 @@
+"""``LoraDoctorCallback``: pre-flight checks and live training diagnostics inside a ``transformers.Trainer``.
+
+    trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[LoraDoctorCallback()])
+
+See docs/callback.md for options, metrics and alarms. Every event handler and hook is guarded: an
+exception inside the callback is reported once as a :class:`LoraDoctorWarning` (and a
+``callback-internal-error`` finding) and training goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from typing import Any, Callable
+
+from transformers import TrainerCallback
+
+from ..errors import InvalidSettingError
+from ..findings import Finding
+from ..gpus import parse_gpu
+from .console import DoctorConsole, Status
+from .glue import agree, checkpoint_dir, find_callback_handler, is_logging_step, move_before_reporters
+from .memory import MemoryMeter, MemoryReading, judge_memory, memory_metrics
+from .monitor import Monitor, Thresholds
+from .preflight import PreflightReport, run_preflight
+from .probes import FirstBatchHook
+
+ACTIONS = ("warn", "stop")
+# finding code -> which option decides what happens
+ACTION_OPTION = {
+    "grad-norm-spike": "on_explosion",
+    "loss-spike": "on_explosion",
+    "grad-norm-non-finite": "on_nonfinite",
+    "loss-non-finite": "on_nonfinite",
+}
+NONFINITE_CODES = {code for code, option in ACTION_OPTION.items() if option == "on_nonfinite"}
+REPORT_ONCE = {"memory-plan-off", "memory-headroom-low", "update-ratio-high", "adapters-dead"}
+
+
+class LoraDoctorWarning(UserWarning):
+    """The callback itself failed somewhere; training was not affected."""
+
+
+def _guarded(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def wrapper(self: "LoraDoctorCallback", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            self._internal_error(method.__name__, exc)
+            return None
+    return wrapper
+
+
+class LoraDoctorCallback(TrainerCallback):
+    """Checks a run before its first step and watches it while it trains.
+
+    Args:
+        on_explosion: ``"warn"`` or ``"stop"`` on a gradient-norm or loss spike.
+        on_nonfinite: ``"stop"`` (default) or ``"warn"`` on a NaN/inf loss or gradient norm.
+        thresholds: every detection threshold (:class:`Thresholds`).
+        check_every: judge buffered per-step values every N optimizer steps. By default values are
+            judged at the Trainer's logging steps on a GPU (reading them is a GPU sync) and at every
+            step on CPU (free).
+        save_on_stop: save a checkpoint through the Trainer before stopping.
+        gpu: GPU to plan against (name or size); default: the local one.
+        console: print the panel, status lines and alarms (main process only); or a DoctorConsole.
+        preflight: run the config doctor and the planner before the first step.
+    """
+
+    def __init__(self, on_explosion: str = "warn", on_nonfinite: str = "stop", *,
+                 thresholds: Thresholds | None = None, check_every: int | None = None,
+                 save_on_stop: bool = True, gpu: Any = None, console: bool | DoctorConsole = True,
+                 preflight: bool = True) -> None:
+        for name, value in (("on_explosion", on_explosion), ("on_nonfinite", on_nonfinite)):
+            if value not in ACTIONS:
+                raise InvalidSettingError(f"{name} must be one of {ACTIONS}, got {value!r}")
+        if check_every is not None and check_every < 1:
+            raise InvalidSettingError(f"check_every must be >= 1, got {check_every}")
+        self.actions = {"on_explosion": on_explosion, "on_nonfinite": on_nonfinite}
+        self.thresholds = thresholds or Thresholds()
+        self.check_every = check_every
+        self.save_on_stop = save_on_stop
+        self.gpu = None if gpu == "auto" else parse_gpu(gpu)   # bad specs fail here, not mid-training
+        self.console = console if isinstance(console, DoctorConsole) else DoctorConsole(bool(console))
+        self.run_preflight = preflight
+        self.findings: list[Finding] = []
+        self.report: PreflightReport | None = None
+        self.stopped_at: int | None = None
+        self.checkpoint: str | None = None
+        self.memory: MemoryReading = MemoryReading()
+        self.monitor: Monitor | None = None
+        self._stop: Finding | None = None
+        self._skipped_update = False
+        self._reported: set[str] = set()
+        self._failed: set[str] = set()
+        self._main = True
+        self._cpu = True
+        self._scaler: Any = None
+        self._device: Any = None
+        self._meter: MemoryMeter | None = None
+        self._first_batch_hook: FirstBatchHook | None = None
+
+    # ---- failures of our own --------------------------------------------------------------
+    def _internal_error(self, where: str, exc: BaseException) -> None:
+        if where in self._failed:
+            return
+        self._failed.add(where)
+        self.findings.append(Finding(
+            "callback-internal-error", "warning",
+            f"lora-doctor's {where} failed ({type(exc).__name__}: {exc}); that check is skipped, training goes on",
+            "please report this at the lora-doctor issue tracker with the traceback", {"where": where, "error": repr(exc)},
+        ))
+        warnings.warn(f"lora-doctor: {where} failed ({type(exc).__name__}: {exc}); training continues",
+                      LoraDoctorWarning, stacklevel=3)
+
+    # ---- setup ----------------------------------------------------------------------------
+    @_guarded
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                       processing_class: Any = None, **kwargs: Any) -> None:
+        self._main = bool(getattr(state, "is_world_process_zero", True))
+        handler = find_callback_handler()
+        if handler is not None:
+            move_before_reporters(handler, self)
+        if model is None:
+            return
+        self.on_train_end(args, state, control)   # a second train() on the same callback: drop old hooks
+        first = next(model.parameters(), None)
+        self._device = first.device if first is not None else None
+        self._cpu = self._device is None or self._device.type == "cpu"
+        self._meter = MemoryMeter(self._device)
+        self._scaler = getattr(optimizer, "scaler", None) if getattr(args, "fp16", False) else None
+        self.monitor = Monitor(model, self.thresholds, fp16_scaling=self._scaler is not None)
+        self.monitor.attach(model)
+        self._first_batch_hook = FirstBatchHook(
+            lambda batch, seq: self._preflight(model, args, processing_class, batch, seq))
+        self._first_batch_hook.attach(model)
+
+    @_guarded
+    def _preflight(self, model: Any, args: Any, tokenizer: Any, batch: int | None, seq: int | None) -> None:
+        self.report = run_preflight(model, args, tokenizer, self.monitor.adapters if self.monitor else [],
+                                    batch=batch, seq_len=seq, gpu=self.gpu, use_library=self.run_preflight)
+        self.findings += self.report.findings
+        if self._main:
+            self.console.preflight(self.report)
+
+    # ---- per step -------------------------------------------------------------------------
+    def _due(self, args: Any, state: Any, step: int) -> bool:
+        return (self._cpu or step == 1 or is_logging_step(args, state, step)
+                or bool(self.check_every and step % self.check_every == 0))
+
+    @_guarded
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.monitor is None:
+            return
+        step = state.global_step + 1
+        self.monitor.end_step(step, getattr(self._scaler, "_scale", None))
+        if not self._due(args, state, step):
+            return
+        self._alarm(self.monitor.judge(), step)
+        for exc in self.monitor.probe_errors[:1]:
+            self._internal_error("gradient/loss probe", exc)
+        stop = agree(self._stop is not None, self._device)
+        if stop and self._stop is None:
+            self._stop = Finding("training-stopped-by-peer", "error", "another rank asked to stop",
+                                 "see that rank's findings", {"step": step})
+        if stop and self._stop.code in NONFINITE_CODES and self._scaler is None:
+            self.monitor.drop_gradients()   # the optimizer skips this update: the checkpoint stays finite
+            self._skipped_update = self._stop.data.get("step") == step
+
+    def _alarm(self, found: list[Finding], step: int) -> None:
+        new = [f for f in found if f.code not in REPORT_ONCE or f.code not in self._reported]
+        if not new:
+            return
+        self._reported.update(f.code for f in new)
+        self.findings += new
+        for f in new:
+            if self._stop is None and self.actions.get(ACTION_OPTION.get(f.code, ""), "warn") == "stop":
+                self._stop = f
+        if self._main:
+            self.console.alarm(new)
+
+    @_guarded
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        step = state.global_step
+        if self.monitor is not None and self._due(args, state, step):
+            self._alarm(self._checked("adapter checks", self.monitor.adapter_checks, step) or [], step)
+            self._alarm(self._checked("memory readings", self._memory_check, step) or [], step)
+        if self._stop is not None and self.stopped_at is None:
+            self._request_stop(args, state, control)
+        return control
+
+    def _checked(self, where: str, fn: Callable, *args: Any) -> Any:
+        """Run one metric source; a failure disables nothing else."""
+        try:
+            return fn(*args)
+        except Exception as exc:
+            self._internal_error(where, exc)
+            return None
+
+    def _memory_check(self, step: int) -> list[Finding]:
+        if self._meter is None:
+            return []
+        self.memory = self._meter.read()
+        report = self.report
+        return judge_memory(self.memory, report.planned_peak if report else None,
+                            report.planned_device_peak if report else None, step=step,
+                            tolerance=self.thresholds.plan_tolerance, min_headroom=self.thresholds.min_headroom)
+
+    def _request_stop(self, args: Any, state: Any, control: Any) -> None:
+        trigger, step = self._stop, state.global_step
+        self.stopped_at = step
+        control.should_training_stop = True
+        where = "no checkpoint (save_on_stop=False)"
+        if self.save_on_stop:
+            control.should_save = True
+            self.checkpoint = checkpoint_dir(args, state)
+            where = f"checkpoint {self.checkpoint}"
+        option = ACTION_OPTION.get(trigger.code)
+        why = f"{option}='stop'" if option else "asked by another rank"
+        caveat = ""
+        if trigger.code in NONFINITE_CODES:
+            caveat = (" The non-finite update was skipped, so the saved weights are the last finite ones."
+                      if self._skipped_update else
+                      " It was noticed after the bad step, so the saved weights may hold NaN/inf: "
+                      "resume from an earlier checkpoint if they do (check_every=1 catches it in time).")
+        stopped = Finding(
+            "training-stopped", trigger.severity,
+            f"training stopped at step {step} ({why}) because of {trigger.code}; {where}.{caveat}",
+            f"fix the cause ({trigger.fix}), then resume with "
+            f"trainer.train(resume_from_checkpoint={self.checkpoint!r})" if self.checkpoint else trigger.fix,
+            {"step": step, "trigger": trigger.code, "checkpoint": self.checkpoint},
+        )
+        self.findings.append(stopped)
+        if self._main:
+            self.console.alarm([stopped])
+
+    # ---- logs, saves, end -----------------------------------------------------------------
+    @_guarded
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> Any:
+        if self.monitor is None or logs is None or not ({"loss", "grad_norm"} & set(logs)):
+            return None
+        step = state.global_step
+        if not self.monitor.probe_working and isinstance(logs.get("grad_norm"), (int, float)):
+            found = self.monitor.observe_grad_norm(step, float(logs["grad_norm"]))
+            self._alarm([found] if found else [], step)
+            if self._stop is not None and self.stopped_at is None:
+                self._request_stop(args, state, control)
+        metrics = {**self.monitor.metrics(),
+                   **memory_metrics(self.memory, self.report.planned_peak if self.report else None),
+                   "doctor/alarms": float(sum(f.severity != "info" for f in self.findings))}
+        logs.update(metrics)
+        if state.log_history and state.log_history[-1].get("step") == step:
+            state.log_history[-1].update(metrics)
+        if self._main:
+            self.console.status(self._status(step))
+        return control
+
+    def _status(self, step: int) -> Status:
+        latest = self.monitor.latest
+        return Status(step, latest.loss, latest.grad_norm, self.monitor.grad_detector.stats().median,
+                      latest.top_module, latest.top_module_norm, latest.dead_adapters, latest.update_ratio_max,
+                      self.memory, self.report.planned_peak if self.report else None,
+                      sum(f.severity != "info" for f in self.findings))
+
+    @_guarded
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.checkpoint and not os.path.isdir(self.checkpoint):
+            self._internal_error("checkpoint before stopping", FileNotFoundError(self.checkpoint))
+
+    @_guarded
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._first_batch_hook is not None:
+            self._first_batch_hook.detach()
+        if self.monitor is not None:
+            self.monitor.detach()

@@ -1,0 +1,184 @@
+"""Before the first step: the config doctor and the memory planner on the real model and Trainer settings.
+
+``lora_doctor.plan`` and ``lora_doctor.diagnose`` are looked up when called, not imported at module
+load, so the callback works with a lora-doctor that lacks either; a missing one becomes an ``info``
+finding, one that raises becomes a ``warning``, and training goes on either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..findings import Finding
+from ..units import format_bytes
+from .lora_stats import Adapter, ModelSummary, init_findings, summarize
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+MIXED_PRECISION_FLAGS = (("bf16", "bf16"), ("fp16", "fp16"))   # TrainingArguments flag -> plan's name
+
+
+@dataclass
+class PreflightReport:
+    """Everything the pre-flight panel shows."""
+
+    summary: ModelSummary
+    settings: dict[str, Any]
+    plan: Any = None                      # lora_doctor.MemoryPlan when the planner ran
+    findings: list[Finding] = field(default_factory=list)
+    capacity_bytes: int | None = None     # the GPU's memory, from the plan or the device
+
+    @property
+    def planned_peak(self) -> int | None:
+        return getattr(self.plan, "peak_bytes", None)
+
+    @property
+    def planned_device_peak(self) -> int | None:
+        return getattr(self.plan, "device_peak_bytes", None)
+
+
+def _lora_config(model: Any) -> Any:
+    configs = getattr(model, "peft_config", None) or {}
+    active = getattr(model, "active_adapter", None)
+    active = active[0] if isinstance(active, (list, tuple)) and active else active
+    return configs.get(active) or next(iter(configs.values()), None)
+
+
+def _weights_dtype(model: torch.nn.Module, mode: str) -> str | None:
+    """The load dtype: frozen floating weights for (Q)LoRA, the trained ones for full fine-tuning."""
+    want_trainable = mode == "full"
+    for p in model.parameters():
+        if p.is_floating_point() and p.requires_grad == want_trainable:
+            return DTYPE_NAMES.get(p.dtype)
+    return None
+
+
+def _on_cpu(model: torch.nn.Module) -> bool:
+    first = next(model.parameters(), None)
+    return first is None or first.device.type == "cpu"
+
+
+def _checkpointing_enabled(model: Any) -> bool:
+    base = getattr(model, "get_base_model", lambda: model)()
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):   # new name first: no deprecation warning
+        if hasattr(type(base), name):
+            return bool(getattr(base, name))
+    return False
+
+
+def plan_settings(model: Any, args: Any, summary: ModelSummary, batch: int | None, seq_len: int | None) -> dict:
+    """Keyword arguments for ``lora_doctor.plan`` from the model and ``TrainingArguments``."""
+    optim = getattr(args, "optim", "adamw_torch")
+    base_config = getattr(getattr(model, "get_base_model", lambda: model)(), "config", None)
+    settings: dict[str, Any] = {
+        "mode": summary.mode,
+        "batch_size": batch or getattr(args, "per_device_train_batch_size", 1),
+        "seq_len": seq_len,
+        "dtype": _weights_dtype(model, summary.mode),
+        "mixed_precision": next((name for flag, name in MIXED_PRECISION_FLAGS if getattr(args, flag, False)), None),
+        "optim": getattr(optim, "value", optim),
+        "gradient_checkpointing": bool(getattr(args, "gradient_checkpointing", False)
+                                       or _checkpointing_enabled(model)),
+        "attn_implementation": getattr(base_config, "_attn_implementation", None),
+        "device": "cpu" if _on_cpu(model) else "cuda",   # whose optimizer implementation to model
+    }
+    lora = _lora_config(model)
+    if lora is not None and summary.mode != "full":
+        targets = getattr(lora, "target_modules", None)
+        settings.update(
+            r=getattr(lora, "r", None), lora_alpha=getattr(lora, "lora_alpha", None),
+            target_modules=sorted(targets) if isinstance(targets, (set, list, tuple)) else targets,
+            use_rslora=bool(getattr(lora, "use_rslora", False)),
+        )
+    quant = getattr(base_config, "quantization_config", None)
+    if summary.mode == "qlora" and quant is not None:
+        get = quant.get if isinstance(quant, dict) else lambda k, d=None: getattr(quant, k, d)
+        settings.update(quant_type=get("bnb_4bit_quant_type", "nf4"),
+                        double_quant=bool(get("bnb_4bit_use_double_quant", False)))
+    return {k: v for k, v in settings.items() if v is not None}
+
+
+def _library_function(name: str) -> Callable | None:
+    import lora_doctor
+
+    fn = getattr(lora_doctor, name, None)
+    return fn if callable(fn) else None
+
+
+def _unavailable(code: str, what: str, name: str) -> Finding:
+    return Finding(code, "info", f"{what} is not available in this lora-doctor version (lora_doctor.{name})",
+                   "upgrade lora-doctor; training is monitored without it", {})
+
+
+def _failed(code: str, what: str, exc: BaseException) -> Finding:
+    return Finding(code, "warning", f"{what} failed on this model: {type(exc).__name__}: {exc}",
+                   "training goes on without it; please report this with the model and settings",
+                   {"error": repr(exc)})
+
+
+def run_plan(model: Any, settings: dict, gpu: Any) -> tuple[Any, list[Finding]]:
+    plan = _library_function("plan")
+    if plan is None:
+        return None, [_unavailable("planner-unavailable", "the memory planner", "plan")]
+    try:
+        result = plan(model, gpu=gpu, **settings)
+    except Exception as exc:
+        return None, [_failed("planner-failed", "the memory planner", exc)]
+    findings = []
+    if getattr(result, "fits", None) is False:
+        findings.append(Finding(
+            "memory-wont-fit", "warning",
+            f"the planner predicts a device peak of {format_bytes(result.device_peak_bytes)}, more than the "
+            f"{format_bytes(result.gpu.memory_bytes)} of {result.gpu.name}; largest term: {result.largest_term}",
+            getattr(result, "recommendation", None) or "run `lora-doctor plan` for what would fit",
+            {"device_peak_bytes": result.device_peak_bytes, "headroom_bytes": result.headroom_bytes},
+        ))
+    return result, findings
+
+
+def run_diagnose(model: Any, args: Any, tokenizer: Any) -> list[Finding]:
+    diagnose = _library_function("diagnose")
+    if diagnose is None:
+        return [_unavailable("doctor-unavailable", "the config doctor", "diagnose")]
+    base_config = getattr(getattr(model, "get_base_model", lambda: model)(), "config", None)
+    try:
+        report = diagnose(model, _lora_config(model), training_args=args, tokenizer=tokenizer,
+                          quantization_config=getattr(base_config, "quantization_config", None))
+        return list(getattr(report, "findings", report) or [])
+    except Exception as exc:
+        return [_failed("doctor-failed", "the config doctor", exc)]
+
+
+def _local_gpu(gpu: Any) -> Any:
+    from ..gpus import detect_local_gpu, parse_gpu
+
+    if gpu is not None:
+        return parse_gpu(gpu)
+    if not torch.cuda.is_available():
+        return None
+    try:
+        return detect_local_gpu(torch.cuda.current_device())
+    except Exception:
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        from ..gpus import GpuSpec
+
+        return GpuSpec(props.name, int(props.total_memory))
+
+
+def run_preflight(model: Any, args: Any, tokenizer: Any, adapters: list[Adapter], *,
+                  batch: int | None, seq_len: int | None, gpu: Any = None, use_library: bool = True) -> PreflightReport:
+    """Summary, plan and findings for the panel. Never raises for a missing planner or doctor."""
+    summary = summarize(model, adapters)
+    settings = plan_settings(model, args, summary, batch, seq_len)
+    findings = init_findings(adapters) if adapters else []
+    plan = None
+    gpu_spec = _local_gpu(gpu)
+    if use_library:
+        plan, plan_findings = run_plan(model, settings, gpu_spec)
+        doctor = run_diagnose(model, args, tokenizer)
+        seen = {f.code for f in doctor}
+        findings = doctor + [f for f in findings if f.code not in seen] + plan_findings
+    capacity = getattr(getattr(plan, "gpu", None), "memory_bytes", None) or getattr(gpu_spec, "memory_bytes", None)
+    return PreflightReport(summary, settings, plan, findings, capacity)

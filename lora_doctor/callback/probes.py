@@ -1,0 +1,158 @@
+"""Per-step readings taken with hooks, buffered on the device, copied to the host in one go.
+
+The Trainer only hands callbacks ``grad_norm`` and an averaged ``loss`` at logging steps, and by
+``on_pre_optimizer_step`` the gradients are already clipped. So:
+
+* :class:`GradProbe` registers ``register_post_accumulate_grad_hook`` on every trainable parameter and
+  takes the norm of each gradient as it finishes accumulating, *before* the Trainer clips it. The
+  sum of squares over all parameters is the Trainer's pre-clip ``grad_norm`` (same parameters, same
+  gradients); per parameter it says which module spiked. Under DDP these are the rank's local
+  gradients (the all-reduce has not landed yet), under fp16 loss scaling they are divided by the
+  scale in effect during backward.
+* :class:`LossProbe` is a forward hook on the model that keeps ``outputs.loss`` of each training
+  micro-batch (the Trainer's logged loss is an average over the logging interval, and with
+  ``logging_nan_inf_filter`` it hides NaN).
+
+Nothing here calls ``.item()``: values stay on the device until :meth:`drain`, one stack and one copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+Drained = list[tuple[int, list[float]]]
+
+
+def _to_host(pending: list[tuple[int, torch.Tensor]]) -> Drained:
+    if not pending:
+        return []
+    device = pending[0][1].device
+    values = torch.stack([v.to(device) for _, v in pending]).cpu().tolist()
+    return [(step, row if isinstance(row, list) else [row]) for (step, _), row in zip(pending, values)]
+
+
+class GradProbe:
+    """Pre-clip gradient norm of each trainable parameter, per optimizer step."""
+
+    def __init__(self, named_params: list[tuple[str, torch.nn.Parameter]]) -> None:
+        self.names = [n for n, _ in named_params]
+        self._params = [p for _, p in named_params]
+        self._current: dict[int, torch.Tensor] = {}
+        self._pending: list[tuple[int, torch.Tensor]] = []
+        self._handles: list[Any] = []
+        self.errors: list[BaseException] = []
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def attach(self) -> None:
+        for i, p in enumerate(self._params):
+            self._handles.append(p.register_post_accumulate_grad_hook(self._hook(i)))
+
+    def _hook(self, i: int) -> Callable[[torch.Tensor], None]:
+        def record(param: torch.Tensor) -> None:
+            try:
+                if param.grad is not None:
+                    self._current[i] = torch.linalg.vector_norm(param.grad.detach(), dtype=torch.float32)
+            except Exception as exc:   # never break backward
+                self.errors.append(exc)
+        return record
+
+    def end_step(self, step: int, scale: torch.Tensor | None = None) -> None:
+        """Close one optimizer step: stack the norms seen since the last call (on the device)."""
+        if not self._current:
+            return
+        device = next(iter(self._current.values())).device
+        zero = torch.zeros((), device=device)
+        row = torch.stack([self._current.get(i, zero).to(device) for i in range(len(self._params))])
+        if scale is not None:
+            row = row / scale.to(device)
+        self._pending.append((step, row))
+        self._current = {}
+
+    def drain(self) -> Drained:
+        out, self._pending = _to_host(self._pending), []
+        return out
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def _loss_of(output: Any) -> torch.Tensor | None:
+    loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
+    return loss if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
+
+
+class LossProbe:
+    """The model's own loss of each training micro-batch, averaged per optimizer step."""
+
+    def __init__(self) -> None:
+        self._current: list[torch.Tensor] = []
+        self._pending: list[tuple[int, torch.Tensor]] = []
+        self._handle: Any = None
+        self.errors: list[BaseException] = []
+
+    def attach(self, model: torch.nn.Module) -> None:
+        self._handle = model.register_forward_hook(self._hook)
+
+    def _hook(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        try:
+            loss = _loss_of(output) if module.training else None
+            if loss is not None:
+                self._current.append(loss.detach().float().reshape(()))
+        except Exception as exc:   # never break forward
+            self.errors.append(exc)
+
+    def end_step(self, step: int) -> None:
+        if self._current:
+            device = self._current[0].device
+            self._pending.append((step, torch.stack([v.to(device) for v in self._current]).mean()))
+            self._current = []
+
+    def drain(self) -> Drained:
+        out, self._pending = _to_host(self._pending), []
+        return out
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+def batch_shape(args: tuple, kwargs: dict) -> tuple[int, int] | None:
+    """(batch, sequence length) of a causal-LM forward call, from input_ids or inputs_embeds."""
+    for key in ("input_ids", "inputs_embeds"):
+        t = kwargs.get(key)
+        if isinstance(t, torch.Tensor) and t.dim() >= 2:
+            return int(t.shape[0]), int(t.shape[1])
+    if args and isinstance(args[0], torch.Tensor) and args[0].dim() >= 2:
+        return int(args[0].shape[0]), int(args[0].shape[1])
+    return None
+
+
+class FirstBatchHook:
+    """Calls ``fn(batch, seq_len)`` once, just before the first training forward pass."""
+
+    def __init__(self, fn: Callable[[int | None, int | None], None]) -> None:
+        self._fn = fn
+        self._handle: Any = None
+
+    def attach(self, model: torch.nn.Module) -> None:
+        self._handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if not module.training:
+            return None
+        self.detach()
+        shape = batch_shape(args, kwargs)
+        self._fn(*(shape or (None, None)))
+        return None
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
