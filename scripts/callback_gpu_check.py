@@ -13,7 +13,7 @@ sys.path.insert(0, os.getcwd()); sys.path.insert(0, os.path.join(os.getcwd(), "t
 os.environ["HF_HUB_OFFLINE"] = "1"
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from conftest import TokenDataset
+from callback_support import TokenDataset
 from lora_doctor import LoraDoctorCallback
 from lora_doctor.callback import DoctorConsole
 
