@@ -15,7 +15,7 @@ from ..plan_types import TENSOR_TERMS, PlanSettings
 from .build import build_model, dtype_of
 from .modules import module_scope
 from .patches import real_batch_decisions
-from .step import PAGED, make_optimizer, optimizer_state_tensors, run_training_steps
+from .step import PAGED, make_optimizer, prime_optimizer, optimizer_state_tensors, run_training_steps
 from .timeline import StorageRecord, StorageTimeline, replay
 
 # Timeline category -> breakdown term. Phases are the default category of a new storage.
@@ -65,8 +65,14 @@ class TraceResult:
     fake: bool = True
 
 
-def trace_step(resolved: ResolvedModel, settings: PlanSettings, *, fake: bool = True, steps: int = 2) -> TraceResult:
-    """Build the model (fake tensors unless ``fake=False``), run ``steps`` Trainer steps, replay the log."""
+def trace_step(resolved: ResolvedModel, settings: PlanSettings, *, fake: bool = True, steps: int = 1,
+               prime: bool = True) -> TraceResult:
+    """Build the model (fake tensors unless ``fake=False``), run ``steps`` Trainer steps, replay the log.
+
+    With ``prime`` the optimizer states are created first from zero gradients (see
+    :func:`~lora_doctor.trace.step.prime_optimizer`), so one traced step sees them; the CPU benchmark
+    checks this against two real steps without priming (``steps=2, prime=False``).
+    """
     start = time.perf_counter()
     gc.collect()
     fake_mode = None
@@ -90,6 +96,9 @@ def trace_step(resolved: ResolvedModel, settings: PlanSettings, *, fake: bool = 
         optimizer = make_optimizer(settings.optim, built.trainable)
         state_label = "paged_optimizer_states" if settings.optim in PAGED else "optimizer_states"
         autocast = dtype_of(settings.mixed_precision) if settings.mixed_precision else None
+        if prime:
+            prime_optimizer(optimizer, built.trainable)
+            timeline.relabel(optimizer_state_tensors(optimizer), state_label)
         with real_batch_decisions(), timeline, module_scope(built.model, lambda name: setattr(timeline, "module", name)):
             run_training_steps(
                 built.model, batch, optimizer, steps=steps, autocast_dtype=autocast,

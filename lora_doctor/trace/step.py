@@ -72,6 +72,18 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tens
     return [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
 
 
+def prime_optimizer(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+    """Create the optimizer states as a first step would, without running a first forward/backward.
+
+    A first Trainer step only matters for memory by leaving optimizer states behind; zero
+    gradients give the same states at half the cost of tracing two steps.
+    """
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def run_training_steps(
     model: nn.Module,
     batch: dict[str, torch.Tensor],
