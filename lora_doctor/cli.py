@@ -14,7 +14,7 @@ from typing import Sequence
 from .errors import LoraDoctorError
 
 # Subcommand modules under lora_doctor/commands; each defines register(subparsers) and run(args) -> int.
-COMMANDS = ("catalog",)
+COMMANDS = ("plan", "catalog")
 
 EPILOG = """\
 examples:

@@ -1,0 +1,117 @@
+"""Run real Hugging Face ``Trainer`` steps on CPU and measure the peak of live tensor memory.
+
+Used by ``benchmarks/accuracy.py`` and the accuracy tests: tiny or small models built from a config
+(random weights, no download); LoRA through real peft; QLoRA through real bitsandbytes NF4 (the model
+is saved to a temporary directory and reloaded with ``BitsAndBytesConfig``, as users load it).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..plan_types import PlanSettings
+from .tracker import StorageTracker
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class MeasuredRun:
+    peak_bytes: int
+    peak_phase: str
+    phase_peaks: dict[str, int]
+    peak_by_category: dict[str, int]
+    trainable_params: int
+    total_params: int
+    losses: list[float] = field(default_factory=list)
+
+
+class _RandomTokens(torch.utils.data.Dataset):
+    def __init__(self, vocab: int, seq_len: int, n: int) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(0, vocab, (n, seq_len), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def build_model(config: Any, settings: PlanSettings, workdir: str) -> Any:
+    """The model as a user would have it before ``Trainer``: loaded, wrapped by peft when LoRA/QLoRA."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    torch.manual_seed(0)
+    dtype = _DTYPES[settings.dtype]
+    config._attn_implementation = settings.attn_implementation
+    if settings.mode == "qlora":
+        AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(workdir)
+        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=settings.quant_type,
+                                 bnb_4bit_use_double_quant=settings.double_quant,
+                                 bnb_4bit_compute_dtype=torch.bfloat16 if settings.dtype != "fp16" else torch.float16)
+        model = AutoModelForCausalLM.from_pretrained(workdir, quantization_config=bnb, dtype=dtype,
+                                                     attn_implementation=settings.attn_implementation,
+                                                     device_map={"": "cpu"})
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=settings.gradient_checkpointing)
+    else:
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if settings.mode in ("lora", "qlora"):
+        from peft import LoraConfig, get_peft_model
+
+        targets = settings.target_modules
+        lora = LoraConfig(r=settings.r, lora_alpha=settings.lora_alpha, target_modules=targets,
+                          use_rslora=settings.use_rslora, lora_dropout=0.0, task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    return model
+
+
+def measure_training(config: Any, settings: PlanSettings, *, steps: int = 2) -> MeasuredRun:
+    """Build the model, run ``steps`` Trainer steps under a StorageTracker and return the peak."""
+    from transformers import Trainer, TrainingArguments, TrainerCallback
+
+    with tempfile.TemporaryDirectory() as workdir:
+        model = build_model(config, settings, workdir)
+        args = TrainingArguments(
+            output_dir=workdir, per_device_train_batch_size=settings.batch_size, max_steps=steps,
+            optim=settings.optim, learning_rate=1e-4, gradient_checkpointing=settings.gradient_checkpointing,
+            bf16=settings.mixed_precision == "bf16", fp16=settings.mixed_precision == "fp16",
+            use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no", disable_tqdm=True,
+            dataloader_num_workers=0, remove_unused_columns=False, seed=0,
+        )
+        data = _RandomTokens(config.vocab_size, settings.seq_len, settings.batch_size * steps)
+        tracker = StorageTracker()
+        losses: list[float] = []
+
+        class _Phases(TrainerCallback):
+            def on_step_begin(self, *a: Any, **k: Any) -> None:
+                tracker.phase = "forward"
+
+            def on_pre_optimizer_step(self, *a: Any, **k: Any) -> None:
+                tracker.phase = "optimizer_step"
+
+            def on_step_end(self, *a: Any, **k: Any) -> None:
+                tracker.phase = "between_steps"
+
+        def after_forward(_module: Any, _inputs: Any, output: Any) -> None:
+            tracker.phase = "backward"  # loss computation + backward, until the optimizer step
+            loss = getattr(output, "loss", None)
+            if loss is not None:
+                losses.append(float(loss.detach().float()))
+
+        trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[_Phases()])
+        model.register_forward_hook(after_forward)
+        tracker.register(model.parameters(), "weights")
+        tracker.register(model.buffers(), "weights")
+        with tracker:
+            trainer.train()
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        return MeasuredRun(tracker.peak_bytes, tracker.peak_phase, dict(tracker.phase_peaks),
+                           dict(tracker.peak_by_category), trainable, total, losses)

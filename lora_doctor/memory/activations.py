@@ -1,0 +1,149 @@
+"""Activation memory: what autograd saves for backward, per token, derived op by op.
+
+Rather than a fitted constant (Korthikanti et al.'s ``s*b*h*(34 + 5*a*s/h)`` assumes GPT-3 blocks
+in fp16 with dropout), every term below names the op that saves it, for the blocks in use today:
+
+* RMSNorm (Llama family): fp32 copy of its input + the fp32 rsqrt per token; plus the normalized
+  output in the stream dtype when the norm weight trains. LayerNorm: input + fp32 mean and rstd.
+* A linear layer saves its input only for its own weight gradient: always in full fine-tuning;
+  never for a frozen layer. A LoRA-wrapped layer saves the input cast to the adapter dtype (fp32)
+  for ``lora_A``, and the r-wide output of ``lora_A`` for ``lora_B``.
+* SDPA (flash / memory-efficient kernels) saves q, k, v, the output and an fp32 log-sum-exp per head;
+  eager attention also keeps the fp32 softmax and its cast copy: ``heads x seq`` per token, the
+  quadratic term. GQA keys/values are saved at kv-head width with SDPA, repeated to full width by eager.
+* Gated MLP (SwiGLU/GeGLU): gate and up outputs and the activation output (3 x intermediate);
+  plain MLP: the first projection output (1 x intermediate); a dropout keeps a 1-byte mask.
+
+Validated against live-storage measurements of real Trainer steps (benchmarks/accuracy.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..arch import ArchSpec, LinearFamily
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Per-architecture block facts the formulas need beyond the linear families."""
+
+    norm: str = "rms"             # "rms" | "layer"
+    norms_per_layer: int = 2
+    mlp: str = "gated"            # "gated" | "plain"
+    dropout_sites: tuple[str, ...] = ()   # config keys of hidden dropouts applied per layer
+    sdpa: bool = True             # supports attn_implementation="sdpa"
+
+
+RECIPES: dict[str, Recipe] = {
+    "llama": Recipe(),
+    "phi3": Recipe(dropout_sites=("resid_pdrop", "resid_pdrop")),
+    "gemma": Recipe(norms_per_layer=4),
+    "moe": Recipe(),
+    "gpt2": Recipe(norm="layer", mlp="plain", dropout_sites=("resid_pdrop", "resid_pdrop")),
+    "opt": Recipe(norm="layer", mlp="plain", dropout_sites=("dropout", "dropout")),
+    "bloom": Recipe(norm="layer", mlp="plain", dropout_sites=("hidden_dropout", "hidden_dropout"), sdpa=False),
+    "falcon": Recipe(norm="layer", norms_per_layer=1, mlp="plain"),
+    "bert": Recipe(norm="layer", mlp="plain", dropout_sites=("hidden_dropout_prob", "hidden_dropout_prob")),
+    "generic": Recipe(),
+}
+
+# Projections that read the same input tensor (saved once in full fine-tuning).
+SHARED_INPUT_GROUPS: dict[str, str] = {
+    "q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in",
+    "query": "attn_in", "key": "attn_in", "value": "attn_in",
+    "gate_proj": "mlp_in", "up_proj": "mlp_in", "w1": "mlp_in", "w3": "mlp_in",
+}
+
+
+@dataclass(frozen=True)
+class DtypeContext:
+    """Bytes per element of the tensors that flow through a block."""
+
+    stream: int        # residual stream (the load dtype; fp32 after prepare_model_for_kbit_training)
+    matmul: int        # linear outputs (autocast dtype, else the stream dtype)
+    adapter: int = 4   # LoRA weights (peft keeps them in fp32)
+    autocast: bool = False     # Trainer bf16/fp16 mixed precision is on
+
+    @property
+    def cast_inputs(self) -> bool:
+        """Autocast casts each linear's input on its own (no sharing) when the stream is fp32."""
+        return self.autocast and self.stream != self.matmul
+
+
+@dataclass(frozen=True)
+class ActivationEstimate:
+    per_layer_tokens: float      # bytes per token saved by one transformer block
+    first_layer_discount: float  # bytes per token the first block does not save (nothing upstream trains)
+    outside_tokens: float        # bytes per token outside the blocks (final norm)
+    quadratic_per_layer: float   # bytes per token per key position (eager attention)
+    transient_tokens: float      # largest per-token scratch inside one block's backward
+    shared_bytes: int            # per-sequence tensors shared by all layers (rope tables, masks)
+
+
+def _linear_saves(fam: LinearFamily, *, per_layer: float, full: bool, lora: bool, r: int,
+                  dt: DtypeContext, dropout: float) -> float:
+    """Bytes per token one family saves per layer for its own weight / adapter gradients."""
+    if full:
+        return fam.in_features * dt.matmul * per_layer if dt.cast_inputs else 0.0  # shared inputs added separately
+    if not lora:
+        return 0.0
+    lora_dtype = dt.matmul if dt.autocast else dt.adapter  # autocast runs lora_A in half precision
+    saved = fam.in_features * lora_dtype + r * lora_dtype
+    if dropout > 0:
+        saved += fam.in_features * 1  # bool mask
+    return saved * per_layer
+
+
+def _norm_saves(recipe: Recipe, hidden: int, dt: DtypeContext, weight_trains: bool) -> float:
+    if recipe.norm == "rms":
+        return 4 * hidden + 4 + (dt.stream * hidden if weight_trains else 0)
+    return dt.stream * hidden + 8
+
+
+def estimate(arch: ArchSpec, *, seq_len: int, full: bool, targeted: set[str], r: int, dt: DtypeContext,
+             attn: str, lora_dropout: float = 0.0) -> ActivationEstimate:
+    """Per-token activation bytes for ``arch`` (see the module docstring for each term)."""
+    recipe = RECIPES.get(arch.block, RECIPES["generic"])
+    h, L = arch.hidden_size, max(arch.num_layers, 1)
+    H, K, d = arch.num_heads, arch.num_kv_heads, arch.head_dim
+    inter = arch.intermediate_size
+    p = dt.matmul
+    block_fams = [f for f in arch.linear_families if f.scope in ("blocks", "encoder")]
+
+    per_layer = recipe.norms_per_layer * _norm_saves(recipe, h, dt, full)
+    shared_inputs: dict[str, int] = {}
+    for fam in block_fams:
+        per = fam.count / L
+        per_layer += _linear_saves(fam, per_layer=per, full=full, lora=fam.example in targeted, r=r,
+                                   dt=dt, dropout=lora_dropout)
+        if full and not dt.cast_inputs:
+            group = SHARED_INPUT_GROUPS.get(fam.name, fam.name)
+            shared_inputs[group] = max(shared_inputs.get(group, 0), int(fam.in_features * p * per))
+    per_layer += sum(shared_inputs.values())
+
+    # Attention core.
+    quadratic = 0.0
+    if attn == "eager" or not recipe.sdpa:
+        kv_width = H if K < H else K
+        per_layer += (H * d + 2 * kv_width * d) * p
+        quadratic = H * (4 + (p if p != 4 else 0))
+    else:
+        per_layer += (2 * H * d + 2 * K * d) * p + 4 * H
+
+    # MLP core (experts: each token visits experts_per_token of them).
+    width = inter * max(arch.experts_per_token, 1) if arch.num_experts else inter
+    per_layer += (3 if recipe.mlp == "gated" else 1) * width * p
+    if arch.num_experts:
+        per_layer += arch.num_experts * 4 + h * p  # router logits (fp32) + the expert-sorted input copy
+
+    # Hidden dropouts keep a 1-byte mask each.
+    for key in recipe.dropout_sites:
+        if float(arch.extra.get(key, 0) or 0) > 0:
+            per_layer += h
+
+    first_discount = _norm_saves(recipe, h, dt, full) if not full else 0.0
+    outside = _norm_saves(recipe, h, dt, full)
+    transient = 2 * width * p + 2 * h * max(dt.stream, p)
+    shared = 2 * seq_len * d * p   # rope cos/sin
+    return ActivationEstimate(per_layer, first_discount, outside, quadratic, transient, shared)

@@ -1,0 +1,219 @@
+"""``lora_doctor.plan``: predicted peak GPU memory of a training run, and whether it fits.
+
+This is the public edge of the planner: it validates settings, resolves the model, runs an engine
+(``analytic`` formulas, or ``trace`` on fake tensors) and adds the GPU verdict, the largest batch /
+sequence length that fit, and a recommendation. No printing; rendering lives in lora_doctor.render.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Callable, Sequence
+
+from .errors import InvalidSettingError
+from .gpus import GpuSpec, parse_gpu
+from .memory.analytic import step_peak
+from .memory.overhead import device_terms
+from .memory.tables import DTYPE_ALIASES, DTYPE_BYTES, OPTIMIZERS
+from .models import ResolvedModel, resolve
+from .plan_types import MODES, MemoryPlan, PlanSettings
+from .units import format_bytes
+
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+ENGINES = ("analytic", "trace")
+OPTIM_ALIASES = {"adamw": "adamw_torch", "adam": "adamw_torch", "paged_adamw": "paged_adamw_32bit",
+                 "adamw_bnb": "adamw_bnb_8bit", "bnb_8bit": "adamw_bnb_8bit"}
+_MAX_SEARCH = 1 << 20
+
+
+def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = None, batch_size: int = 1,
+         seq_len: int = 512, r: int = 16, lora_alpha: float = 32, target_modules: "str | Sequence[str] | None" = None,
+         use_rslora: bool = False, dtype: str = "bf16", mixed_precision: str | None = None,
+         optim: str = "adamw_torch", gradient_checkpointing: bool = False, attn_implementation: str = "sdpa",
+         quant_type: str = "nf4", double_quant: bool = True, engine: str = "analytic",
+         device: str = "cuda") -> MemoryPlan:
+    """Predict the peak memory of one training step.
+
+    Args:
+        model: a hub id, a local directory / config.json, a ``PretrainedConfig``, a config dict, or a
+            loaded ``nn.Module`` / ``PeftModel``.
+        mode: ``"full"``, ``"lora"`` or ``"qlora"`` (bitsandbytes 4-bit base + LoRA).
+        gpu: ``"24GB"``, ``"24GiB"``, ``"80G"``, a byte count, a GPU name (``"RTX3090"``, ``"A100-80GB"``),
+            ``"auto"`` (the local GPU via NVML), or None for no verdict.
+        dtype: dtype the base weights are loaded in (``fp32``, ``bf16``, ``fp16``).
+        mixed_precision: the Trainer's ``bf16`` / ``fp16`` autocast; None = off.
+        target_modules: None (peft's default for the architecture), ``"all-linear"``, a list of names
+            or a regex string. Ignored for ``mode="full"``.
+        engine: ``"analytic"`` (closed-form, milliseconds) or ``"trace"`` (runs the real model code
+            on fake tensors).
+        device: ``"cuda"`` (default) or ``"cpu"``: whose optimizer implementation to model (torch's
+            CUDA AdamW holds a full-size scratch copy; the CPU one works one parameter at a time).
+
+    Returns:
+        a :class:`MemoryPlan`. Raises :class:`LoraDoctorError` subclasses on bad input.
+    """
+    settings = make_settings(mode=mode, batch_size=batch_size, seq_len=seq_len, r=r, lora_alpha=lora_alpha,
+                             target_modules=target_modules, use_rslora=use_rslora, dtype=dtype,
+                             mixed_precision=mixed_precision, optim=optim,
+                             gradient_checkpointing=gradient_checkpointing,
+                             attn_implementation=attn_implementation, quant_type=quant_type,
+                             double_quant=double_quant)
+    if engine not in ENGINES:
+        raise InvalidSettingError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if device not in ("cuda", "cpu"):
+        raise InvalidSettingError(f"device must be 'cuda' or 'cpu', got {device!r}")
+    resolved = resolve(model)
+    gpu_spec = parse_gpu(gpu)
+    compute = _engine(engine, device)
+    result = compute(resolved, settings)
+    return finish_plan(result, resolved, gpu_spec, lambda s: _analytic(resolved, s, device))
+
+
+def make_settings(**kw: Any) -> PlanSettings:
+    """Validate and normalize raw settings (collects every problem into one error)."""
+    problems: list[str] = []
+    mode = kw["mode"]
+    if mode not in MODES:
+        problems.append(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    for name in ("batch_size", "seq_len", "r"):
+        value = kw[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            problems.append(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(kw["lora_alpha"], (int, float)) or kw["lora_alpha"] <= 0:
+        problems.append(f"lora_alpha must be positive, got {kw['lora_alpha']!r}")
+    dtype = DTYPE_ALIASES.get(str(kw["dtype"]).lower(), str(kw["dtype"]).lower())
+    if dtype not in DTYPE_BYTES:
+        problems.append(f"dtype must be one of fp32, bf16, fp16, got {kw['dtype']!r}")
+    mp = kw["mixed_precision"]
+    mp = None if mp in (None, False, "no", "none", "") else DTYPE_ALIASES.get(str(mp).lower(), str(mp).lower())
+    if mp is not None and mp not in ("bf16", "fp16"):
+        problems.append(f"mixed_precision must be None, 'bf16' or 'fp16', got {kw['mixed_precision']!r}")
+    optim = OPTIM_ALIASES.get(kw["optim"], kw["optim"])
+    if optim not in OPTIMIZERS:
+        problems.append(f"optim must be one of {', '.join(sorted(OPTIMIZERS))}, got {kw['optim']!r}")
+    attn = kw["attn_implementation"]
+    if attn not in ATTN_IMPLEMENTATIONS:
+        problems.append(f"attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, got {attn!r}")
+    if kw["quant_type"] not in ("nf4", "fp4"):
+        problems.append(f"quant_type must be 'nf4' or 'fp4', got {kw['quant_type']!r}")
+    if problems:
+        raise InvalidSettingError("; ".join(problems))
+    from .memory.targets import normalize_targets
+
+    targets = normalize_targets(kw["target_modules"])
+    return PlanSettings(
+        mode=mode, batch_size=kw["batch_size"], seq_len=kw["seq_len"], r=kw["r"], lora_alpha=kw["lora_alpha"],
+        target_modules=list(targets) if isinstance(targets, tuple) else targets, use_rslora=bool(kw["use_rslora"]),
+        dtype=dtype, mixed_precision=mp, optim=optim, gradient_checkpointing=bool(kw["gradient_checkpointing"]),
+        attn_implementation="sdpa" if attn == "flash_attention_2" else attn,
+        quant_type=kw["quant_type"], double_quant=bool(kw["double_quant"]),
+    )
+
+
+def _engine(engine: str, device: str) -> Callable[[ResolvedModel, PlanSettings], MemoryPlan]:
+    if engine == "trace":
+        from .trace import trace_plan  # optional engine; imports torch
+
+        return trace_plan
+    return lambda resolved, settings: _analytic(resolved, settings, device)
+
+
+def _analytic(resolved: ResolvedModel, s: PlanSettings, device: str = "cuda") -> MemoryPlan:
+    totals = step_peak(resolved.arch, s, device=device)
+    peak = sum(totals.breakdown.values())
+    overhead = device_terms(peak)
+    breakdown = dict(totals.breakdown, **overhead)
+    scale = None
+    if s.mode != "full":
+        scale = s.lora_alpha / (s.r ** 0.5 if s.use_rslora else s.r)
+    notes = list(totals.notes)
+    max_pos = resolved.arch.extra.get("max_position_embeddings") or resolved.arch.extra.get("n_positions")
+    if max_pos and s.seq_len > int(max_pos):
+        notes.append(f"seq_len {s.seq_len} exceeds the model's max_position_embeddings ({max_pos})")
+    return MemoryPlan(
+        model=resolved.name, settings=s, breakdown=breakdown, peak_bytes=int(peak),
+        device_peak_bytes=int(peak + sum(overhead.values())), total_params=resolved.arch.total_params,
+        trainable_params=totals.trainable_params, engine="analytic", peak_phase=totals.phase,
+        lora_scale=scale, targets=list(totals.targets), notes=notes,
+        details={"phases": totals.phases},
+    )
+
+
+def finish_plan(result: MemoryPlan, resolved: ResolvedModel, gpu: GpuSpec | None,
+                analytic: Callable[[PlanSettings], MemoryPlan]) -> MemoryPlan:
+    """Add the GPU verdict, the max batch / sequence search and the recommendation to an engine result."""
+    result.gpu = gpu
+    if gpu is None:
+        result.recommendation = _recommend_without_gpu(result)
+        return result
+    capacity = gpu.memory_bytes
+    result.headroom_bytes = capacity - result.device_peak_bytes
+    result.fits = result.headroom_bytes >= 0
+    s = result.settings
+    result.max_batch_size = _largest(lambda b: analytic(replace(s, batch_size=b)).device_peak_bytes <= capacity)
+    result.max_seq_len = _largest(lambda n: analytic(replace(s, seq_len=n)).device_peak_bytes <= capacity)
+    if s.mode != "fp32" and s.dtype == "bf16" and not gpu.bf16:
+        result.notes.append(f"{gpu.name} has no bf16 support: load in fp16 (with fp16 mixed precision) or fp32")
+    result.recommendation = recommend(result, analytic)
+    return result
+
+
+def _largest(fits: Callable[[int], bool]) -> int:
+    """Largest n >= 1 with fits(n) (fits is monotone); 0 when even 1 does not fit."""
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while hi <= _MAX_SEARCH and fits(hi):
+        lo, hi = hi, hi * 2
+    if hi > _MAX_SEARCH:
+        return lo
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+# Levers in the order we suggest them: cheapest in quality and speed first.
+_LEVERS: tuple[tuple[str, Callable[[PlanSettings], PlanSettings | None]], ...] = (
+    ("enable gradient checkpointing (--gradient-checkpointing)",
+     lambda s: None if s.gradient_checkpointing else replace(s, gradient_checkpointing=True)),
+    ("use LoRA instead of full fine-tuning (--mode lora)", lambda s: replace(s, mode="lora") if s.mode == "full" else None),
+    ("load the base in 4-bit (--mode qlora)", lambda s: replace(s, mode="qlora") if s.mode == "lora" else None),
+    ("use an 8-bit optimizer (--optim adamw_bnb_8bit)",
+     lambda s: replace(s, optim="adamw_bnb_8bit") if s.mode == "full" and s.optim.startswith("adamw_torch") else None),
+    ("halve the micro-batch and double gradient accumulation",
+     lambda s: replace(s, batch_size=s.batch_size // 2) if s.batch_size > 1 else None),
+)
+
+
+def recommend(result: MemoryPlan, analytic: Callable[[PlanSettings], MemoryPlan]) -> str:
+    gpu = result.gpu
+    assert gpu is not None
+    if result.fits:
+        more = ""
+        if result.max_batch_size and result.max_batch_size > result.settings.batch_size:
+            more = f"; micro-batch up to {result.max_batch_size} fits at seq_len {result.settings.seq_len}"
+        return f"Fits on {gpu.name} with {format_bytes(result.headroom_bytes)} to spare{more}."
+    short = format_bytes(-result.headroom_bytes)
+    biggest = result.largest_term.replace("_", " ")
+    head = f"Does not fit on {gpu.name} (short by {short}; largest term: {biggest})."
+    for label, lever in _LEVERS:  # one lever alone, in order of preference
+        changed = lever(result.settings)
+        if changed is not None and (trial := analytic(changed)).device_peak_bytes <= gpu.memory_bytes:
+            return f"{head} To fit: {label} -> {format_bytes(trial.device_peak_bytes)}."
+    s, applied = result.settings, []
+    while True:  # otherwise stack them
+        step = next(((label, c) for label, lever in _LEVERS if (c := lever(s)) is not None), None)
+        if step is None:
+            break
+        applied.append(step[0])
+        s = step[1]
+        trial = analytic(s)
+        if trial.device_peak_bytes <= gpu.memory_bytes:
+            return f"{head} To fit: {' + '.join(applied)} -> {format_bytes(trial.device_peak_bytes)}."
+    return f"{head} Nothing fits even with {' + '.join(applied) or 'the usual levers'}: use a larger GPU or shorter sequences."
+
+
+def _recommend_without_gpu(result: MemoryPlan) -> str:
+    return (f"Peak {format_bytes(result.device_peak_bytes)} on the device; the largest term is "
+            f"{result.largest_term.replace('_', ' ')}. Pass --gpu to get a verdict.")
