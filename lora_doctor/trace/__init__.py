@@ -5,6 +5,7 @@
 every storage allocation; ``trace_plan`` turns that into a :class:`~lora_doctor.MemoryPlan`.
 """
 
+from .engine import plan_from_trace, trace_plan
 from .run import TopTensor, TraceResult, trace_step
 
-__all__ = ["TopTensor", "TraceResult", "trace_step"]
+__all__ = ["TopTensor", "TraceResult", "plan_from_trace", "trace_plan", "trace_step"]

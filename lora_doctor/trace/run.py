@@ -66,7 +66,7 @@ class TraceResult:
 
 
 def trace_step(resolved: ResolvedModel, settings: PlanSettings, *, fake: bool = True, steps: int = 1,
-               prime: bool = True) -> TraceResult:
+               prime: bool = True, foreach: bool = True) -> TraceResult:
     """Build the model (fake tensors unless ``fake=False``), run ``steps`` Trainer steps, replay the log.
 
     With ``prime`` the optimizer states are created first from zero gradients (see
@@ -93,7 +93,7 @@ def trace_step(resolved: ResolvedModel, settings: PlanSettings, *, fake: bool = 
         ids = torch.zeros(settings.batch_size, settings.seq_len, dtype=torch.long)
         batch = {"input_ids": ids, "labels": ids.clone()}
         timeline.register(batch.values(), "inputs")
-        optimizer = make_optimizer(settings.optim, built.trainable)
+        optimizer = make_optimizer(settings.optim, built.trainable, foreach=foreach)
         state_label = "paged_optimizer_states" if settings.optim in PAGED else "optimizer_states"
         autocast = dtype_of(settings.mixed_precision) if settings.mixed_precision else None
         if prime:
@@ -101,7 +101,7 @@ def trace_step(resolved: ResolvedModel, settings: PlanSettings, *, fake: bool = 
             timeline.relabel(optimizer_state_tensors(optimizer), state_label)
         with real_batch_decisions(), timeline, module_scope(built.model, lambda name: setattr(timeline, "module", name)):
             run_training_steps(
-                built.model, batch, optimizer, steps=steps, autocast_dtype=autocast,
+                built.model, batch, optimizer, steps=steps, autocast_dtype=autocast, foreach=foreach,
                 on_phase=timeline.set_phase,
                 after_backward=lambda: timeline.relabel(
                     [p.grad for p in built.trainable if p.grad is not None], "gradients"),
@@ -124,7 +124,8 @@ def trace_step(resolved: ResolvedModel, settings: PlanSettings, *, fake: bool = 
         peak_bytes=result.peak_bytes, peak_phase=result.peak_phase, breakdown=breakdown,
         phase_peaks={p: result.phase_peaks[p] for p in ("forward", "backward", "optimizer_step")
                      if p in result.phase_peaks},
-        top_tensors=[TopTensor.from_record(r) for r in result.alive_at_peak[:TOP_N]],
+        top_tensors=[TopTensor.from_record(r) for r in
+                     [r for r in result.alive_at_peak if r.op != "register"][:TOP_N]],
         total_params=resolved.arch.total_params, trainable_params=int(trainable),
         targets=built.targets, notes=notes, ops=timeline.ops_seen,
         seconds=time.perf_counter() - start, fake=fake,

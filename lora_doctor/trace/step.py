@@ -22,18 +22,22 @@ PHASES = ("forward", "backward", "optimizer_step")
 LR = 2e-4
 
 
-def _adamw(params: list, **kw: Any) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=LR, weight_decay=0.0, foreach=True, **kw)
+def _adamw(params: list, foreach: bool | None) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=LR, weight_decay=0.0, foreach=foreach)
 
 
-def _adafactor(params: list) -> torch.optim.Optimizer:
+def _sgd(momentum: float) -> Callable[[list, "bool | None"], torch.optim.Optimizer]:
+    return lambda ps, foreach: torch.optim.SGD(ps, lr=LR, momentum=momentum, foreach=foreach)
+
+
+def _adafactor(params: list, foreach: bool | None) -> torch.optim.Optimizer:
     from transformers.optimization import Adafactor
 
     return Adafactor(params, lr=LR, scale_parameter=False, relative_step=False)
 
 
-def _bnb(name: str) -> Callable[[list], torch.optim.Optimizer]:
-    def make(params: list) -> torch.optim.Optimizer:
+def _bnb(name: str) -> Callable[[list, "bool | None"], torch.optim.Optimizer]:
+    def make(params: list, foreach: bool | None) -> torch.optim.Optimizer:
         import bitsandbytes.optim as bo
 
         return getattr(bo, name)(params, lr=LR, weight_decay=0.0)
@@ -43,12 +47,13 @@ def _bnb(name: str) -> Callable[[list], torch.optim.Optimizer]:
 
 # Trainer ``optim`` name -> optimizer factory. Paged optimizers are traced as their unpaged twin;
 # their states live in unified memory, outside the CUDA allocator (see PAGED).
-OPTIMIZERS: dict[str, Callable[[list], torch.optim.Optimizer]] = {
+OPTIMIZERS: dict[str, Callable[[list, "bool | None"], torch.optim.Optimizer]] = {
     "adamw_torch": _adamw,
-    "adamw_torch_fused": lambda ps: torch.optim.AdamW(ps, lr=LR, weight_decay=0.0, fused=True),
+    "adamw_torch_fused": lambda ps, foreach: torch.optim.AdamW(ps, lr=LR, weight_decay=0.0, fused=True),
     "adamw_hf": _adamw,
     "adamw": _adamw,
-    "sgd": lambda ps: torch.optim.SGD(ps, lr=LR, foreach=True),
+    "sgd": _sgd(0.0),
+    "sgd_momentum": _sgd(0.9),
     "adafactor": _adafactor,
     "adamw_bnb_8bit": _bnb("AdamW8bit"),
     "adamw_8bit": _bnb("AdamW8bit"),
@@ -59,13 +64,14 @@ OPTIMIZERS: dict[str, Callable[[list], torch.optim.Optimizer]] = {
 PAGED = frozenset({"paged_adamw_8bit", "paged_adamw_32bit", "paged_adamw"})
 
 
-def make_optimizer(name: str, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params: Iterable[torch.Tensor], *, foreach: bool = True) -> torch.optim.Optimizer:
+    """The optimizer Trainer builds for ``name``; ``foreach=True`` as on CUDA, False = torch's CPU default."""
     try:
         factory = OPTIMIZERS[name]
     except KeyError:
         raise InvalidSettingError(f"the trace does not know optimizer {name!r}; known: "
                                   f"{', '.join(sorted(OPTIMIZERS))}") from None
-    return factory(list(params))
+    return factory(list(params), True if foreach else None)
 
 
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -91,6 +97,7 @@ def run_training_steps(
     *,
     steps: int = 2,
     autocast_dtype: torch.dtype | None = None,
+    foreach: bool = True,
     on_phase: Callable[[str], None] = lambda phase: None,
     after_backward: Callable[[], None] = lambda: None,
     after_step: Callable[[], None] = lambda: None,
@@ -108,7 +115,7 @@ def run_training_steps(
         del loss
         after_backward()
         on_phase("optimizer_step")
-        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True if foreach else None)
         optimizer.step()
         after_step()
         optimizer.zero_grad(set_to_none=True)
