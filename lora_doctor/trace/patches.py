@@ -17,12 +17,35 @@ _DECISIONS: tuple[tuple[str, str, Any], ...] = (
 )
 
 
+def _sdpa_as_on_cuda(original: Any) -> Any:
+    """SDPA as CUDA's flash / memory-efficient kernels use memory: dropout costs an RNG seed, not a mask.
+
+    On CPU, SDPA with ``dropout_p > 0`` falls back to the math kernel, which materializes fp32
+    ``[b, heads, s, s]`` probabilities and a dropout mask; a GPU run never does. Memory does not
+    depend on the dropout values, so the trace runs SDPA without dropout.
+    """
+
+    def sdpa(*args: Any, dropout_p: float = 0.0, **kwargs: Any) -> Any:
+        if len(args) > 4:  # (query, key, value, attn_mask, dropout_p, ...)
+            args = args[:4] + (0.0,) + args[5:]
+        return original(*args, **kwargs)
+
+    return sdpa
+
+
 @contextmanager
-def real_batch_decisions() -> Iterator[None]:
+def real_batch_decisions(cuda_kernels: bool = True) -> Iterator[None]:
+    """Patch the value-dependent decisions; with ``cuda_kernels`` also SDPA's kernel choice."""
     import importlib
 
     saved = []
-    for module_name, attr, replacement in _DECISIONS:
+    decisions = list(_DECISIONS)
+    if cuda_kernels:
+        import torch.nn.functional as F
+
+        decisions.append(("torch.nn.functional", "scaled_dot_product_attention",
+                          _sdpa_as_on_cuda(F.scaled_dot_product_attention)))
+    for module_name, attr, replacement in decisions:
         try:
             module = importlib.import_module(module_name)
         except ImportError:  # older transformers: nothing to patch

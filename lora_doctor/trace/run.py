@@ -67,6 +67,7 @@ class TraceResult:
 
 def trace_step(resolved: ResolvedModel, settings: PlanSettings, *, fake: bool = True, steps: int = 1,
                prime: bool = True, foreach: bool = True) -> TraceResult:
+    # foreach=True means "as on CUDA": foreach optimizer/clipping and CUDA's SDPA memory behaviour.
     """Build the model (fake tensors unless ``fake=False``), run ``steps`` Trainer steps, replay the log.
 
     With ``prime`` the optimizer states are created first from zero gradients (see
@@ -99,7 +100,7 @@ def trace_step(resolved: ResolvedModel, settings: PlanSettings, *, fake: bool = 
         if prime:
             prime_optimizer(optimizer, built.trainable)
             timeline.relabel(optimizer_state_tensors(optimizer), state_label)
-        with real_batch_decisions(), timeline, module_scope(built.model, lambda name: setattr(timeline, "module", name)):
+        with real_batch_decisions(cuda_kernels=foreach), timeline, module_scope(built.model, lambda name: setattr(timeline, "module", name)):
             run_training_steps(
                 built.model, batch, optimizer, steps=steps, autocast_dtype=autocast, foreach=foreach,
                 on_phase=timeline.set_phase,
