@@ -101,16 +101,20 @@ def build_model(resolved: ResolvedModel, settings: PlanSettings, make: TensorFac
 def _quantize_linears_on_meta(model: nn.Module, settings: PlanSettings) -> None:
     """Swap nn.Linear for bnb Linear4bit like transformers' bnb quantizer (head and tied layers kept)."""
     import bitsandbytes as bnb
+    from transformers.pytorch_utils import Conv1D
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     compute = dtype_of(settings.dtype)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is not nn.Linear or child is head:
+            if not (type(child) is nn.Linear or isinstance(child, Conv1D)) or child is head:
                 continue
-            q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+            in_f, out_f = (child.weight.shape if isinstance(child, Conv1D)  # GPT-2: weight stored [in, out]
+                           else (child.in_features, child.out_features))
+            q = bnb.nn.Linear4bit(in_f, out_f, bias=child.bias is not None,
                                   compute_dtype=compute, compress_statistics=settings.double_quant,
                                   quant_type=settings.quant_type, quant_storage=torch.uint8, device="meta")
+            q.source_cls = type(child)
             if child.bias is not None:
                 q.bias = nn.Parameter(torch.empty_like(child.bias, device="meta"), requires_grad=False)
             setattr(parent, name, q)
