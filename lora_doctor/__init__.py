@@ -9,13 +9,16 @@ from .errors import (
     UnsupportedModelError,
     WontFitError,
 )
+from .doctor import DoctorReport, check_merge, diagnose
 from .findings import Finding
 from .gpus import GpuSpec, parse_gpu
 from .plan_types import MemoryPlan, PlanSettings
+from .planner import plan
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DoctorReport",
     "Finding",
     "GpuNotAvailableError",
     "GpuSpec",
@@ -27,5 +30,8 @@ __all__ = [
     "PlanSettings",
     "UnsupportedModelError",
     "WontFitError",
+    "check_merge",
+    "diagnose",
     "parse_gpu",
+    "plan",
 ]

@@ -14,13 +14,15 @@ from typing import Sequence
 from .errors import LoraDoctorError
 
 # Subcommand modules under lora_doctor/commands; each defines register(subparsers) and run(args) -> int.
-COMMANDS = ("plan", "catalog")
+COMMANDS = ("plan", "check", "modules", "catalog")
 
 EPILOG = """\
 examples:
   lora-doctor plan meta-llama/Llama-2-7b-hf --gpu 24GB
   lora-doctor plan Qwen/Qwen2.5-7B --mode qlora --seq-len 4096 --gradient-checkpointing
   lora-doctor plan ./my-model/config.json --gpu RTX3090 --json
+  lora-doctor check meta-llama/Llama-3.1-8B --target-modules q_proj,v_proj --r 16 --alpha 32
+  lora-doctor modules gpt2
   lora-doctor catalog
 """
 

@@ -1,0 +1,66 @@
+"""Planner accuracy: predicted vs measured peak tensor memory of real Trainer steps on CPU.
+
+Each case builds a small model from a config (random weights, no download), runs two real
+``transformers.Trainer`` steps (peft LoRA, bitsandbytes NF4 for QLoRA) under a live-storage tracker,
+and compares the peak with ``lora_doctor.plan(..., device="cpu")``. Prints a table and the
+median / worst absolute error.
+
+    python benchmarks/accuracy.py            # all cases
+    python benchmarks/accuracy.py llama      # cases whose name contains "llama"
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lora_doctor import plan  # noqa: E402
+from lora_doctor.measure.cases import CASES, TINY_CONFIGS, case_config  # noqa: E402
+from lora_doctor.measure.training import measure_training  # noqa: E402
+
+MIB = 1024**2
+
+
+def predict(case, engine: str = "analytic"):
+    s = case.settings
+    return plan(TINY_CONFIGS[case.model], mode=s.mode, batch_size=s.batch_size, seq_len=s.seq_len, r=s.r,
+                lora_alpha=s.lora_alpha, target_modules=s.target_modules, dtype=s.dtype,
+                mixed_precision=s.mixed_precision, optim=s.optim, gradient_checkpointing=s.gradient_checkpointing,
+                attn_implementation=s.attn_implementation, quant_type=s.quant_type, double_quant=s.double_quant,
+                engine=engine, device="cpu")
+
+
+def main(argv: list[str]) -> int:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    pattern = argv[0] if argv else ""
+    rows, errors = [], []
+    for case in CASES:
+        if pattern not in case.name:
+            continue
+        t0 = time.perf_counter()
+        measured = measure_training(case_config(case.model), case.settings)
+        predicted = predict(case)
+        err = (predicted.peak_bytes - measured.peak_bytes) / measured.peak_bytes
+        errors.append(abs(err))
+        rows.append((case.name, measured.peak_bytes / MIB, measured.peak_phase, predicted.peak_bytes / MIB,
+                     predicted.peak_phase, 100 * err, time.perf_counter() - t0))
+    print(f"{'case':38s} {'measured MiB':>12s} {'phase':>14s} {'analytic MiB':>12s} {'phase':>14s} {'error':>8s} {'s':>5s}")
+    for name, m, mp, p, pp, e, t in rows:
+        print(f"{name:38s} {m:12.2f} {mp:>14s} {p:12.2f} {pp:>14s} {e:+7.1f}% {t:5.1f}")
+    if errors:
+        print(f"\n{len(errors)} cases: median |error| {100 * statistics.median(errors):.1f}%, "
+              f"worst {100 * max(errors):.1f}% (goal: median <= 5%, worst <= 10%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,76 @@
+"""``lora-doctor modules MODEL``: the model's linear layer families, offline (the "print named_modules" step)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EPILOG = """\
+examples:
+  lora-doctor modules meta-llama/Llama-3.1-8B
+  lora-doctor modules gpt2 --json
+"""
+
+_SUGGESTED_SCOPES = ("blocks", "decoder", "encoder")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("modules", help="list the linear layer families target_modules can name",
+                       description="List the model's linear layer families (name, type, shape, count, scope) and a "
+                                   "suggested target set, built on the meta device without downloading weights.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="hub id, local directory or config.json")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=run)
+
+
+def describe(model: object) -> dict:
+    """Families, peft's default targets, a suggested target set and MoE expert parameters, as plain data."""
+    from ..models import resolve
+
+    resolved = resolve(model)
+    arch = resolved.arch
+    families = [{"name": f.name, "type": f.kind, "shape": [f.in_features, f.out_features], "count": f.count,
+                 "scope": f.scope, "example": f.example} for f in arch.linear_families]
+    suggested = list(dict.fromkeys(f.name for f in arch.linear_families if f.scope in _SUGGESTED_SCOPES))
+    experts: list[str] = []
+    if arch.expert_params:
+        from ..doctor.inventory import gather
+
+        inv = gather(resolved.module if resolved.module is not None else resolved.meta_model())
+        experts = sorted({".".join(n.split(".")[-3:]) for n, _ in inv.expert_params})
+    return {"model": resolved.name, "model_type": arch.model_type, "families": families,
+            "peft_default_targets": list(arch.default_targets), "suggested_target_modules": suggested,
+            "suggested_target_parameters": experts}
+
+
+def run(args: argparse.Namespace) -> int:
+    info = describe(args.model)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    rows = [(f["name"], f["type"], f"{f['shape'][0]} x {f['shape'][1]}", str(f["count"]), f["scope"])
+            for f in info["families"]]
+    header = ("name", "type", "in x out", "count", "scope")
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{info['model']} ({info['model_type']}) linear layers")
+        for h in header:
+            table.add_column(h)
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+    else:
+        widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+        print(f"{info['model']} ({info['model_type']})")
+        for row in [header] + rows:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    print(f"suggested target_modules: {info['suggested_target_modules']}")
+    print(f"peft default target_modules: {info['peft_default_targets'] or 'none (you must pass target_modules)'}")
+    if info["suggested_target_parameters"]:
+        print(f"MoE experts (3-D parameters, not reachable by target_modules): "
+              f"target_parameters={info['suggested_target_parameters']}")
+    return 0
