@@ -47,14 +47,17 @@ def build_meta_model(config: Any, *, auto_class: str | None = None) -> Any:
     return model
 
 
+_ENCODER_TYPES = ("bert", "roberta", "deberta", "deberta-v2", "electra", "distilbert", "xlm-roberta")
+
+
 def auto_class_for(config: Any) -> str:
     """Causal LM for decoder models, masked LM for BERT-style encoders, seq2seq for encoder-decoders."""
     if getattr(config, "is_encoder_decoder", False):
         return "AutoModelForSeq2SeqLM"
     archs = getattr(config, "architectures", None) or []
-    if any(a.endswith(("ForMaskedLM", "Model", "ForPreTraining")) for a in archs) or config.model_type in (
-        "bert", "roberta", "deberta", "deberta-v2", "electra", "distilbert",
-    ):
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return "AutoModelForCausalLM"
+    if config.model_type in _ENCODER_TYPES or any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in archs):
         return "AutoModelForMaskedLM"
     return "AutoModelForCausalLM"
 

@@ -114,7 +114,7 @@ def _engine(engine: str, device: str) -> Callable[[ResolvedModel, PlanSettings],
     if engine == "trace":
         from .trace import trace_plan  # optional engine; imports torch
 
-        return trace_plan
+        return lambda resolved, settings: trace_plan(resolved, settings, device=device)
     return lambda resolved, settings: _analytic(resolved, settings, device)
 
 

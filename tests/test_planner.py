@@ -202,3 +202,12 @@ def test_catalog_plan_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_saved_config_with_lm_head_model_architecture_builds_causal_lm(tmp_path):
+    """GPT2LMHeadModel ends in "Model": it must still plan as a causal LM, as from the catalog."""
+    from lora_doctor.catalog import lookup
+
+    fields = dict(lookup("gpt2").config, architectures=["GPT2LMHeadModel"])
+    (tmp_path / "config.json").write_text(json.dumps(fields))
+    assert plan(str(tmp_path)).total_params == 124_439_808

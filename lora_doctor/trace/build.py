@@ -1,0 +1,193 @@
+"""Build the real model for a plan with every tensor made by a factory (fake or real).
+
+Order matters and follows what a QLoRA/LoRA script does, all of it on the ``meta`` device first
+(free), then the tensors are made at once:
+
+1. the ``transformers`` class from the config (``build_meta_model``), cast to the load dtype;
+2. QLoRA: every ``nn.Linear`` except the output head becomes a ``bitsandbytes`` ``Linear4bit``
+   (what ``BitsAndBytesConfig(load_in_4bit=True)`` does), then peft's real
+   ``prepare_model_for_kbit_training`` casts the remaining fp16/bf16 parameters to fp32;
+3. LoRA/QLoRA: peft's real ``get_peft_model`` with a ``LoraConfig`` (adapters in fp32 by default);
+4. every parameter and buffer is replaced by ``make(shape, dtype)``: a fake tensor under
+   ``FakeTensorMode`` (nothing allocated) or a real one for the CPU benchmark. 4-bit weights are
+   quantized with bitsandbytes' own ``quantize_4bit``, so the packed uint8 weight, absmax and the
+   nested double-quantization state have their true sizes;
+5. gradient checkpointing the way ``Trainer`` enables it (non-reentrant).
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from ..models import ResolvedModel
+from ..plan_types import PlanSettings
+
+TensorFactory = Callable[[tuple, torch.dtype], torch.Tensor]
+
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16,
+}
+# Attention kernels the trace can run on CPU; others are traced as their closest stand-in.
+ATTN_STAND_INS: dict[str, str] = {"flash_attention_2": "sdpa", "flash_attention_3": "sdpa", "flex_attention": "sdpa"}
+
+
+@dataclass
+class BuiltModel:
+    """The model to train plus what the tracker must know about its tensors."""
+
+    model: nn.Module
+    base: nn.Module
+    weights: list[torch.Tensor] = field(default_factory=list)           # frozen base params + buffers
+    trainable: list[torch.Tensor] = field(default_factory=list)
+    quant_state: list[torch.Tensor] = field(default_factory=list)       # absmax, nested absmax, codes
+    targets: list[str] = field(default_factory=list)                    # adapted module name suffixes
+    notes: list[str] = field(default_factory=list)
+
+
+def dtype_of(name: str) -> torch.dtype:
+    return DTYPES[name.lower()]
+
+
+def build_model(resolved: ResolvedModel, settings: PlanSettings, make: TensorFactory,
+                mode: Any = None) -> BuiltModel:
+    """Steps 1-5 above; ``make`` runs inside ``mode`` (a ``FakeTensorMode``) when one is given."""
+    from ..introspect import build_meta_model
+
+    notes: list[str] = []
+    config = copy.deepcopy(resolved.config())
+    attn = ATTN_STAND_INS.get(settings.attn_implementation, settings.attn_implementation)
+    if attn != settings.attn_implementation:
+        notes.append(f"{settings.attn_implementation} cannot run on CPU; traced with {attn}, "
+                     "which keeps the same O(seq) activations")
+    config._attn_implementation = attn
+    load_dtype = dtype_of(settings.dtype)
+    model = build_meta_model(config)
+    for p in model.parameters():  # like from_pretrained(dtype=...): parameters only, fp32 buffers stay
+        p.data = p.data.to(load_dtype)
+    if settings.mode == "qlora":
+        _quantize_linears_on_meta(model, settings)
+        from peft import prepare_model_for_kbit_training
+
+        model.is_loaded_in_4bit = True
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    wrapped = model
+    targets: list[str] = []
+    if settings.mode in ("lora", "qlora"):
+        wrapped, targets = _apply_lora(model, settings)
+    with mode if mode is not None else nullcontext():
+        _materialize(wrapped, make, load_dtype)
+    if settings.gradient_checkpointing:
+        _enable_checkpointing(model, quantized=settings.mode == "qlora")
+    built = BuiltModel(wrapped, model, targets=targets, notes=notes)
+    seen: set[int] = set()
+    for p in wrapped.parameters():
+        seen.add(id(p))
+        (built.trainable if p.requires_grad else built.weights).append(p)
+        state = getattr(p, "quant_state", None)
+        if state is not None:
+            built.quant_state.extend(_quant_state_tensors(state))
+    built.weights.extend(b for b in wrapped.buffers() if id(b) not in seen)
+    return built
+
+
+def _quantize_linears_on_meta(model: nn.Module, settings: PlanSettings) -> None:
+    """Swap nn.Linear for bnb Linear4bit like transformers' bnb quantizer (head and tied layers kept)."""
+    import bitsandbytes as bnb
+    from transformers.pytorch_utils import Conv1D
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    compute = dtype_of(settings.dtype)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if not (type(child) is nn.Linear or isinstance(child, Conv1D)) or child is head:
+                continue
+            in_f, out_f = (child.weight.shape if isinstance(child, Conv1D)  # GPT-2: weight stored [in, out]
+                           else (child.in_features, child.out_features))
+            q = bnb.nn.Linear4bit(in_f, out_f, bias=child.bias is not None,
+                                  compute_dtype=compute, compress_statistics=settings.double_quant,
+                                  quant_type=settings.quant_type, quant_storage=torch.uint8, device="meta")
+            q.source_cls = type(child)
+            if child.bias is not None:
+                q.bias = nn.Parameter(torch.empty_like(child.bias, device="meta"), requires_grad=False)
+            setattr(parent, name, q)
+
+
+def _apply_lora(model: nn.Module, settings: PlanSettings) -> tuple[nn.Module, list[str]]:
+    from peft import LoraConfig, get_peft_model
+
+    task = "SEQ_2_SEQ_LM" if getattr(model.config, "is_encoder_decoder", False) else "CAUSAL_LM"
+    config = LoraConfig(r=settings.r, lora_alpha=settings.lora_alpha, target_modules=settings.target_modules,
+                        use_rslora=settings.use_rslora, task_type=task)
+    peft_model = get_peft_model(model, config)
+    targets = sorted(peft_model.peft_config["default"].target_modules or [])
+    return peft_model, [str(t) for t in targets]
+
+
+def _materialize(model: nn.Module, make: TensorFactory, load_dtype: torch.dtype) -> None:
+    """Replace every meta parameter/buffer by ``make(...)``, keeping dtype, requires_grad and ties."""
+    import bitsandbytes as bnb
+
+    done: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is None:
+                continue
+            if id(p) not in done:
+                if isinstance(p, bnb.nn.Params4bit):
+                    done[id(p)] = _quantized(p, module, make, load_dtype)
+                else:
+                    done[id(p)] = nn.Parameter(make(tuple(p.shape), p.dtype), requires_grad=p.requires_grad)
+            module._parameters[name] = done[id(p)]
+            if isinstance(module, bnb.nn.Linear4bit) and name == "weight":
+                module.quant_state = done[id(p)].quant_state
+        for name, b in list(module._buffers.items()):
+            if b is not None:
+                module._buffers[name] = done.setdefault(id(b), make(tuple(b.shape), b.dtype))
+
+
+def _quantized(p: Any, module: nn.Module, make: TensorFactory, load_dtype: torch.dtype) -> torch.Tensor:
+    """Quantize a stand-in weight with bitsandbytes' own code: true packed and absmax sizes."""
+    import bitsandbytes.functional as F
+
+    F.name2qmap.setdefault("dynamic", _dynamic_map())
+    out_f, in_f = module.out_features, module.in_features
+    packed, state = F.quantize_4bit(make((out_f, in_f), load_dtype), blocksize=p.blocksize,
+                                    compress_statistics=p.compress_statistics, quant_type=p.quant_type,
+                                    quant_storage=p.quant_storage)
+    packed.requires_grad_(False)
+    packed.quant_state = state  # what bnb's Linear4bit.forward reads; a FakeTensor can't be a Params4bit
+    return packed
+
+
+def _dynamic_map() -> torch.Tensor:
+    """bnb's 8-bit code for double quantization, computed outside fake mode (it reads values)."""
+    import bitsandbytes.functional as F
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    with unset_fake_temporarily():
+        return F.create_dynamic_map()
+
+
+def _quant_state_tensors(state: Any) -> list[torch.Tensor]:
+    tensors = [state.absmax, state.code, state.offset]
+    if getattr(state, "state2", None) is not None:
+        tensors += [state.state2.absmax, state.state2.code]
+    return [t for t in tensors if isinstance(t, torch.Tensor)]
+
+
+def _enable_checkpointing(model: nn.Module, *, quantized: bool) -> None:
+    """What ``Trainer(gradient_checkpointing=True)`` calls: non-reentrant checkpointing per layer."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    if quantized and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()  # prepare_model_for_kbit_training(use_gradient_checkpointing=True)
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False

@@ -1,0 +1,69 @@
+"""``engine="trace"``: a :class:`~lora_doctor.MemoryPlan` measured from one traced training step.
+
+Falls back to the analytic engine, with a note saying why, when the real model code cannot run on
+fake tensors (an op without a fake kernel, a value-dependent branch, an unknown architecture).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from ..gpus import GpuSpec
+from ..memory.overhead import device_terms
+from ..models import ResolvedModel
+from ..plan_types import MemoryPlan, PlanSettings
+from .advice import shrink_advice
+from .run import TraceResult, trace_step
+
+
+def trace_plan(resolved: ResolvedModel, settings: PlanSettings, gpu: GpuSpec | None = None, *,
+               device: str = "cuda") -> MemoryPlan:
+    """Trace one step of ``resolved`` with ``settings``; never raises for a model the trace can't run.
+
+    ``device`` picks whose optimizer implementation runs: ``"cuda"`` (foreach, as on a GPU) or
+    ``"cpu"`` (per-tensor), to compare against a CPU measurement. With ``gpu`` the plan gets the
+    verdict and max batch / sequence search of :func:`lora_doctor.planner.finish_plan`.
+    """
+    from ..planner import _analytic, finish_plan
+
+    try:
+        result = trace_step(resolved, settings, foreach=device == "cuda")
+    except Exception as exc:  # any failure inside third-party model code: fall back, say why
+        plan = _analytic(resolved, settings, device)
+        plan.notes.insert(0, f"trace failed ({type(exc).__name__}: {_first_line(exc)}); "
+                             "showing the analytic estimate instead")
+        plan.details["trace_error"] = f"{type(exc).__name__}: {_first_line(exc)}"
+    else:
+        plan = plan_from_trace(resolved, settings, result)
+    if gpu is not None:
+        plan = finish_plan(plan, resolved, gpu, lambda s: _analytic(resolved, s, device))
+    return plan
+
+
+def plan_from_trace(resolved: ResolvedModel, settings: PlanSettings, result: TraceResult) -> MemoryPlan:
+    overhead = device_terms(result.peak_bytes)
+    scale = None
+    if settings.mode != "full":
+        scale = settings.lora_alpha / (settings.r ** 0.5 if settings.use_rslora else settings.r)
+    advice = shrink_advice(result.breakdown, settings, result.peak_phase)
+    details: dict[str, Any] = {
+        "phases": dict(result.phase_peaks),
+        "top_tensors": [asdict(t) for t in result.top_tensors],
+        "categories": dict(result.breakdown),
+        "shrink": advice,
+        "ops": result.ops,
+        "trace_seconds": round(result.seconds, 2),
+    }
+    return MemoryPlan(
+        model=resolved.name, settings=settings, breakdown=dict(result.breakdown, **overhead),
+        peak_bytes=result.peak_bytes, device_peak_bytes=result.peak_bytes + sum(overhead.values()),
+        total_params=result.total_params, trainable_params=result.trainable_params, engine="trace",
+        peak_phase=result.peak_phase, lora_scale=scale, targets=result.targets,
+        notes=[*result.notes, advice], details=details,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else ""

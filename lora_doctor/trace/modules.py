@@ -1,0 +1,37 @@
+"""Know which module is running while ops execute, so each tensor can name where it was made."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch.nn as nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+
+@contextmanager
+def module_scope(model: nn.Module, set_module: Callable[[str], None]) -> Iterator[None]:
+    """Call ``set_module(path)`` with the innermost running module's path (``""`` outside any).
+
+    Global forward hooks, so recomputation under gradient checkpointing is seen too.
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    names[id(model)] = type(model).__name__
+    stack: list[str] = []
+
+    def pre(module: nn.Module, args: Any) -> None:
+        stack.append(names.get(id(module), type(module).__name__))
+        set_module(stack[-1])
+
+    def post(module: nn.Module, args: Any, output: Any) -> None:
+        if stack:
+            stack.pop()
+        set_module(stack[-1] if stack else "")
+
+    handles = [register_module_forward_pre_hook(pre), register_module_forward_hook(post, always_call=True)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        set_module("")

@@ -1,0 +1,60 @@
+"""Make the model take, on fake tensors, the branches it takes on the traced batch for real.
+
+``transformers`` reads tensor values in a few places to pick a faster path; on fake tensors it
+cannot, and takes the general path instead (e.g. an explicit ``[b, 1, s, s]`` attention mask instead
+of SDPA's ``is_causal``), which would change the memory we measure. The traced batch is known (full
+length, unpadded, one sequence per row), so each such decision is answered as a real run answers it.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+# (module, attribute, replacement): what a real run on an unpadded, unpacked batch computes.
+_DECISIONS: tuple[tuple[str, str, Any], ...] = (
+    ("transformers.masking_utils", "find_packed_sequence_indices", lambda position_ids: None),
+)
+
+
+def _sdpa_as_on_cuda(original: Any) -> Any:
+    """SDPA as CUDA's flash / memory-efficient kernels use memory: dropout costs an RNG seed, not a mask.
+
+    On CPU, SDPA with ``dropout_p > 0`` falls back to the math kernel, which materializes fp32
+    ``[b, heads, s, s]`` probabilities and a dropout mask; a GPU run never does. Memory does not
+    depend on the dropout values, so the trace runs SDPA without dropout.
+    """
+
+    def sdpa(*args: Any, dropout_p: float = 0.0, **kwargs: Any) -> Any:
+        if len(args) > 4:  # (query, key, value, attn_mask, dropout_p, ...)
+            args = args[:4] + (0.0,) + args[5:]
+        return original(*args, **kwargs)
+
+    return sdpa
+
+
+@contextmanager
+def real_batch_decisions(cuda_kernels: bool = True) -> Iterator[None]:
+    """Patch the value-dependent decisions; with ``cuda_kernels`` also SDPA's kernel choice."""
+    import importlib
+
+    saved = []
+    decisions = list(_DECISIONS)
+    if cuda_kernels:
+        import torch.nn.functional as F
+
+        decisions.append(("torch.nn.functional", "scaled_dot_product_attention",
+                          _sdpa_as_on_cuda(F.scaled_dot_product_attention)))
+    for module_name, attr, replacement in decisions:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:  # older transformers: nothing to patch
+            continue
+        if hasattr(module, attr):
+            saved.append((module, attr, getattr(module, attr)))
+            setattr(module, attr, replacement)
+    try:
+        yield
+    finally:
+        for module, attr, original in saved:
+            setattr(module, attr, original)
