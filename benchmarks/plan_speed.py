@@ -1,4 +1,8 @@
-"""How fast is the traced planner, and how much memory does the tracing process need?
+"""How fast is ``lora-doctor plan`` (analytic, the default) and the traced planner?
+
+Part 1 times the CLI end to end (a fresh ``python -m lora_doctor plan MODEL --gpu 24GB`` process,
+imports included) for catalog models: goal, median under 1.0 s on a 2-core machine.
+Part 2: the traced planner.
 
 Each case runs in a fresh subprocess (so imports count, as they do for ``lora-doctor plan --trace``)
 and reports wall time, CPU time, the time of the ``plan(..., engine="trace")`` call alone, and peak
@@ -50,10 +54,34 @@ def run_case(model: str, mode: str, seq: int, gc: bool) -> dict:
     return result
 
 
+CLI_MODELS = ["meta-llama/Llama-2-7b-hf", "meta-llama/Meta-Llama-3-70B", "Qwen/Qwen2.5-7B", "openai-community/gpt2"]
+
+
+def time_cli(model: str, repeats: int = 7) -> list[float]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "lora_doctor", "plan", model, "--gpu", "24GB"], env=env,
+                       capture_output=True, text=True, check=True)
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def main() -> int:
+    import statistics
+
+    print(f"{'lora-doctor plan MODEL --gpu 24GB':40s} {'median s':>9s} {'min s':>7s} {'max s':>7s} {'goal s':>7s}")
+    ok = True
+    for model in CLI_MODELS:
+        t = time_cli(model)
+        good = statistics.median(t) < 1.0
+        ok &= good
+        print(f"{model:40s} {statistics.median(t):9.2f} {min(t):7.2f} {max(t):7.2f} {1.0:7.1f}{'' if good else '  MISSED'}",
+              flush=True)
+    print()
     print(f"{'model':28s} {'mode':5s} {'seq':>5s} {'gc':>3s} {'peak GiB':>9s} {'plan s':>7s} {'wall s':>7s} "
           f"{'cpu s':>6s} {'RSS MB':>7s} {'goal s':>6s}")
-    ok = True
     for model, mode, seq, gc, goal in CASES:
         r = run_case(model, mode, seq, gc)
         good = r["engine"] == "trace" and r["wall_s"] < goal and r["rss_mb"] < 2048

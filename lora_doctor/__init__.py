@@ -9,7 +9,6 @@ from .errors import (
     UnsupportedModelError,
     WontFitError,
 )
-from .doctor import DoctorReport, check_merge, diagnose
 from .findings import Finding
 from .gpus import GpuSpec, parse_gpu
 from .plan_types import MemoryPlan, PlanSettings
@@ -38,10 +37,21 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    """Exports that import torch/transformers load on first use, so ``import lora_doctor`` stays light."""
-    if name == "LoraDoctorCallback":
-        from .callback import LoraDoctorCallback
+# Exports loaded on first use, so ``import lora_doctor`` (and the plan CLI) stays light: name -> module.
+_LAZY = {
+    "LoraDoctorCallback": "callback",
+    "DoctorReport": "doctor",
+    "check_merge": "doctor",
+    "diagnose": "doctor",
+}
 
-        return LoraDoctorCallback
-    raise AttributeError(f"module 'lora_doctor' has no attribute {name!r}")
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lora_doctor' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

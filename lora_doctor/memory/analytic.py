@@ -20,7 +20,7 @@ from ..arch import ArchSpec
 from ..plan_types import PlanSettings
 from . import activations
 from .persistent import persistent_terms
-from .tables import DTYPE_BYTES
+from .tables import CUBLAS_WORKSPACE_BYTES, DTYPE_BYTES
 from .targets import targeted_families
 
 
@@ -87,15 +87,16 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda", lora_dro
     dequant = pers.largest_linear_params * 2 if s.mode == "qlora" else 0
     transient = int(T * est.transient_tokens) + dequant
 
+    workspace = CUBLAS_WORKSPACE_BYTES if device == "cuda" else 0
     base = {"weights": pers.weights, "quantization_state": pers.quantization_state,
             "adapters": pers.adapters, "optimizer_states": pers.optimizer_states}
     phases_bd = {
         # end of forward and start of backward; a full fine-tune's head gradient sits in the loss term
-        "backward_start": dict(base, gradients=0, activations=int(saved), logits_and_loss=int(loss_peak), temporaries=dequant),
+        "backward_start": dict(base, gradients=0, activations=int(saved), logits_and_loss=int(loss_peak), temporaries=dequant + workspace),
         "backward_end": dict(base, gradients=pers.gradients, activations=int(min(saved, one_layer) + recompute),
-                         logits_and_loss=0, temporaries=transient),
+                         logits_and_loss=0, temporaries=transient + workspace),
         "optimizer_step": dict(base, gradients=pers.gradients, activations=0, logits_and_loss=0,
-                               temporaries=pers.optimizer_scratch),
+                               temporaries=pers.optimizer_scratch + workspace),
     }
     totals = {name: sum(bd.values()) for name, bd in phases_bd.items()}
     phase = max(totals, key=totals.__getitem__)

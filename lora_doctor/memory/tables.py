@@ -52,6 +52,10 @@ ABSMAX_DOUBLE_QUANT_BYTES = 1 / 64 + 4 / (64 * 256)   # uint8 absmax + fp32 absm
 # (H200, CUDA 13, torch 2.11): NVML peak - max_memory_reserved was 0.73-0.75 GiB in all 9 cases;
 # reserved - allocated was 0.5-5.2 GiB, growing with the size of the freed-and-reallocated loss tensors.
 CUDA_CONTEXT_BYTES = 768 * 1024**2
+# cuBLAS workspaces come from PyTorch's caching allocator, so they count in max_memory_allocated:
+# one per handle (forward stream + autograd's backward thread). A 3.3M-parameter LoRA run on the H200
+# measured 128.47 MiB against 64.38 MiB of tensors (benchmarks/results/callback_gpu_check_h200.txt).
+CUBLAS_WORKSPACE_BYTES = 64 * 1024**2
 ALLOCATOR_RESERVE_BASE_BYTES = 512 * 1024**2
 ALLOCATOR_RESERVE_FRACTION = 0.01          # of the tensor peak
 ALLOCATOR_RESERVE_LOSS_FRACTION = 0.25     # of the logits-and-loss term (large, short-lived blocks)

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..gpus import GpuSpec
 from ..memory.overhead import device_terms
+from ..memory.tables import CUBLAS_WORKSPACE_BYTES
 from ..models import ResolvedModel
 from ..plan_types import MemoryPlan, PlanSettings
 from .advice import shrink_advice
@@ -35,20 +36,26 @@ def trace_plan(resolved: ResolvedModel, settings: PlanSettings, gpu: GpuSpec | N
                              "showing the analytic estimate instead")
         plan.details["trace_error"] = f"{type(exc).__name__}: {_first_line(exc)}"
     else:
-        plan = plan_from_trace(resolved, settings, result)
+        plan = plan_from_trace(resolved, settings, result, device=device)
     if gpu is not None:
         plan = finish_plan(plan, resolved, gpu, lambda s: _analytic(resolved, s, device))
     return plan
 
 
-def plan_from_trace(resolved: ResolvedModel, settings: PlanSettings, result: TraceResult) -> MemoryPlan:
-    overhead = device_terms(result.peak_bytes)
+def plan_from_trace(resolved: ResolvedModel, settings: PlanSettings, result: TraceResult, *,
+                    device: str = "cuda") -> MemoryPlan:
+    breakdown = dict(result.breakdown)
+    # cuBLAS workspaces live in the caching allocator too (see memory.tables); the CPU has none
+    workspace = CUBLAS_WORKSPACE_BYTES if device == "cuda" else 0
+    breakdown["temporaries"] = breakdown.get("temporaries", 0) + workspace
+    peak = result.peak_bytes + workspace
+    overhead = device_terms(peak, breakdown.get("logits_and_loss", 0))
     scale = None
     if settings.mode != "full":
         scale = settings.lora_alpha / (settings.r ** 0.5 if settings.use_rslora else settings.r)
     advice = shrink_advice(result.breakdown, settings, result.peak_phase)
     details: dict[str, Any] = {
-        "phases": dict(result.phase_peaks),
+        "phases": {phase: total + workspace for phase, total in result.phase_peaks.items()},
         "top_tensors": [asdict(t) for t in result.top_tensors],
         "categories": dict(result.breakdown),
         "shrink": advice,
@@ -56,8 +63,8 @@ def plan_from_trace(resolved: ResolvedModel, settings: PlanSettings, result: Tra
         "trace_seconds": round(result.seconds, 2),
     }
     return MemoryPlan(
-        model=resolved.name, settings=settings, breakdown=dict(result.breakdown, **overhead),
-        peak_bytes=result.peak_bytes, device_peak_bytes=result.peak_bytes + sum(overhead.values()),
+        model=resolved.name, settings=settings, breakdown=dict(breakdown, **overhead),
+        peak_bytes=peak, device_peak_bytes=peak + sum(overhead.values()),
         total_params=result.total_params, trainable_params=result.trainable_params, engine="trace",
         peak_phase=result.peak_phase, lora_scale=scale, targets=result.targets,
         notes=[*result.notes, advice], details=details,
