@@ -10,6 +10,7 @@ from .errors import (
     WontFitError,
 )
 from .doctor import DoctorReport, check_merge, diagnose
+from .fallback.decision import FallbackDecision
 from .findings import Finding
 from .gpus import GpuSpec, parse_gpu
 from .plan_types import MemoryPlan, PlanSettings
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DoctorReport",
+    "FallbackDecision",
     "Finding",
     "GpuNotAvailableError",
     "GpuSpec",
@@ -33,6 +35,8 @@ __all__ = [
     "WontFitError",
     "check_merge",
     "diagnose",
+    "load_for_training",
+    "oom_guard",
     "parse_gpu",
     "plan",
 ]
@@ -44,4 +48,12 @@ def __getattr__(name: str):
         from .callback import LoraDoctorCallback
 
         return LoraDoctorCallback
+    if name == "load_for_training":
+        from .fallback.load import load_for_training
+
+        return load_for_training
+    if name == "oom_guard":
+        from .fallback.oom import oom_guard
+
+        return oom_guard
     raise AttributeError(f"module 'lora_doctor' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """Fall back to QLoRA and the other memory levers when the plan predicts an OOM (see docs/fallback.md).
 
-Importing this package imports torch lazily: only ``decision`` is pure; ``load``, ``convert`` and
-``oom`` import torch / transformers / bitsandbytes when their functions run or the module loads.
+``decision`` and ``load`` are pure at import (torch loads when a model is loaded); ``convert`` and
+``oom`` import torch and are imported by name: ``lora_doctor.fallback.convert``.
 """
 
 from .decision import FallbackDecision, FallbackStep, decide

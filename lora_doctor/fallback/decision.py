@@ -107,10 +107,12 @@ def _divisors_below(n: int) -> list[int]:
 
 
 def decide(settings: PlanSettings, capacity_bytes: int, plan_fn: PlanFn, *, compute_dtype: str = "bf16",
-           allow_quantize: bool = True) -> FallbackDecision:
+           allow_quantize: bool = True, allow_micro_batch: bool = True) -> FallbackDecision:
     """Pull levers in order until ``plan_fn(settings).device_peak_bytes <= capacity_bytes``.
 
-    Raises :class:`WontFitError` (carrying the last plan) when even every lever together does not fit.
+    ``allow_quantize`` / ``allow_micro_batch`` switch those levers off (a loaded model's data loader fixes
+    its micro-batch). Raises :class:`WontFitError` (carrying the last plan, and ``.decision``) when even
+    every lever together does not fit.
     """
     decision = FallbackDecision(capacity_bytes, settings.batch_size, compute_dtype=compute_dtype, requested=settings)
 
@@ -134,7 +136,7 @@ def decide(settings: PlanSettings, capacity_bytes: int, plan_fn: PlanFn, *, comp
         if step("quantize_4bit", s, f"+ 4-bit {s.quant_type.upper()} base"
                                     f"{' (double quantization)' if s.double_quant else ''}, {compute_dtype} compute"):
             return decision
-    micro_steps = [(m, settings.batch_size // m) for m in _divisors_below(settings.batch_size)]
+    micro_steps = [(m, settings.batch_size // m) for m in _divisors_below(settings.batch_size) if allow_micro_batch]
     for i, (micro, accum) in enumerate(micro_steps):   # only the first that fits (or the last) is recorded
         trial = replace(s, batch_size=micro)
         if i < len(micro_steps) - 1 and plan_fn(trial).device_peak_bytes > capacity_bytes:

@@ -10,11 +10,12 @@ any weight is loaded. See docs/fallback.md.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import GpuNotAvailableError, InvalidSettingError
 from ..gpus import GpuSpec, parse_gpu
 from ..models import resolve
+from ..plan_types import MemoryPlan, PlanSettings
 from ..planner import finish_plan, make_settings, _analytic
 from .decision import FallbackDecision, decide
 
@@ -50,12 +51,17 @@ def plan_fallback(model_id_or_path: Any, lora_config: Any, *, gpu: Any = "auto",
     compute = "bf16" if spec is None or spec.bf16 else "fp16"
     if spec is None:
         return FallbackDecision(None, batch_size, compute_dtype=compute, requested=settings)
-    resolved = resolve(model_id_or_path)
+    return decide(settings, spec.memory_bytes, plan_function(model_id_or_path, spec, device), compute_dtype=compute)
 
-    def plan_fn(s: Any) -> Any:
-        return finish_plan(_analytic(resolved, s, device), resolved, spec, lambda x: _analytic(resolved, x, device))
 
-    return decide(settings, spec.memory_bytes, plan_fn, compute_dtype=compute)
+def plan_function(model: Any, gpu: GpuSpec, device: str = "cuda") -> Callable[[PlanSettings], MemoryPlan]:
+    """``settings -> MemoryPlan`` for one model and GPU (the model is resolved once)."""
+    resolved = resolve(model)
+
+    def plan_fn(s: PlanSettings) -> MemoryPlan:
+        return finish_plan(_analytic(resolved, s, device), resolved, gpu, lambda x: _analytic(resolved, x, device))
+
+    return plan_fn
 
 
 def load_for_training(model_id_or_path: Any, lora_config: Any, *, gpu: Any = "auto", batch_size: int = 1,
