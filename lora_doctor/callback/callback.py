@@ -16,10 +16,11 @@ from typing import Any, Callable
 
 from transformers import TrainerCallback
 
-from ..errors import InvalidSettingError
+from ..errors import InvalidSettingError, WontFitError
 from ..findings import Finding
 from ..gpus import parse_gpu
 from .console import DoctorConsole, Status
+from .fallback import apply_fallback
 from .glue import agree, checkpoint_dir, find_callback_handler, is_logging_step, move_before_reporters
 from .memory import MemoryMeter, MemoryReading, judge_memory, memory_metrics
 from .monitor import Monitor, Thresholds
@@ -145,9 +146,6 @@ class LoraDoctorCallback(TrainerCallback):
     def _before_first_step(self, model: Any, args: Any, tokenizer: Any, batch: int | None, seq: int | None) -> None:
         self._preflight(model, args, tokenizer, batch, seq)
         if self.auto_fallback and self.report is not None:   # not guarded: WontFitError stops the run here
-            from ..errors import WontFitError
-            from .fallback import apply_fallback
-
             try:
                 found = apply_fallback(model, self.report)
             except WontFitError as exc:
