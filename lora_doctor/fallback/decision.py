@@ -29,6 +29,8 @@ LEVER_TEXT = {
     "micro_batch": "shrink the micro-batch and raise gradient accumulation (same effective batch)",
 }
 
+MODE_TEXT = {"lora": "{dtype} LoRA", "qlora": "4-bit QLoRA", "full": "{dtype} full fine-tuning"}
+
 
 @dataclass(frozen=True)
 class FallbackStep:
@@ -123,8 +125,8 @@ def decide(settings: PlanSettings, capacity_bytes: int, plan_fn: PlanFn, *, comp
         decision.plan = result
         return fits
 
-    mode = "4-bit " if settings.mode == "qlora" else f"{settings.dtype} "
-    if step("as_requested", settings, f"{mode}{settings.mode.upper()} as asked (micro-batch {settings.batch_size})"):
+    what = MODE_TEXT.get(settings.mode, settings.mode).format(dtype=settings.dtype)
+    if step("as_requested", settings, f"{what} as asked (micro-batch {settings.batch_size})"):
         return decision
     s = settings
     if not s.gradient_checkpointing:
