@@ -37,18 +37,21 @@ def _gpu(gpu: Any) -> GpuSpec | None:
 
 
 def plan_fallback(model_id_or_path: Any, lora_config: Any, *, gpu: Any = "auto", batch_size: int = 1,
-                  seq_len: int = 512, dtype: str = "bf16", optim: str = "adamw_torch",
+                  seq_len: int = 512, dtype: str | None = None, optim: str = "adamw_torch",
                   mixed_precision: str | None = None, gradient_checkpointing: bool = False,
                   attn_implementation: str = "sdpa", device: str = "cuda") -> FallbackDecision:
-    """The decision :func:`load_for_training` acts on, without loading anything."""
+    """The decision :func:`load_for_training` acts on, without loading anything.
+
+    ``dtype`` (the load dtype) defaults to bf16, or fp16 on a GPU without bf16.
+    """
     spec = _gpu(gpu)
+    compute = "bf16" if spec is None or spec.bf16 else "fp16"
     settings = make_settings(
         mode="lora", batch_size=batch_size, seq_len=seq_len, r=getattr(lora_config, "r", 8),
         lora_alpha=getattr(lora_config, "lora_alpha", 8), target_modules=_targets(lora_config),
-        use_rslora=bool(getattr(lora_config, "use_rslora", False)), dtype=dtype, mixed_precision=mixed_precision,
+        use_rslora=bool(getattr(lora_config, "use_rslora", False)), dtype=dtype or compute, mixed_precision=mixed_precision,
         optim=optim, gradient_checkpointing=gradient_checkpointing, attn_implementation=attn_implementation,
         quant_type="nf4", double_quant=True)
-    compute = "bf16" if spec is None or spec.bf16 else "fp16"
     if spec is None:
         return FallbackDecision(None, batch_size, compute_dtype=compute, requested=settings)
     return decide(settings, spec.memory_bytes, plan_function(model_id_or_path, spec, device), compute_dtype=compute)
