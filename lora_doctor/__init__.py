@@ -9,6 +9,7 @@ from .errors import (
     UnsupportedModelError,
     WontFitError,
 )
+from .fallback.decision import FallbackDecision
 from .findings import Finding
 from .gpus import GpuSpec, parse_gpu
 from .plan_types import MemoryPlan, PlanSettings
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DoctorReport",
+    "FallbackDecision",
     "Finding",
     "GpuNotAvailableError",
     "GpuSpec",
@@ -32,6 +34,8 @@ __all__ = [
     "WontFitError",
     "check_merge",
     "diagnose",
+    "load_for_training",
+    "oom_guard",
     "parse_gpu",
     "plan",
 ]
@@ -43,6 +47,8 @@ _LAZY = {
     "DoctorReport": "doctor",
     "check_merge": "doctor",
     "diagnose": "doctor",
+    "load_for_training": "fallback.load",
+    "oom_guard": "fallback.oom",
 }
 
 

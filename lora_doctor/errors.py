@@ -9,7 +9,9 @@ catch one class; the CLI turns each into one readable line and exit code 2. The 
     ├── InvalidSettingError     (also ValueError)   a bad size, rank, dtype, optimizer, mode ...
     │   └── InvalidGpuError                         a GPU spec that cannot be parsed
     ├── GpuNotAvailableError    (also RuntimeError) ``gpu="auto"`` without a visible GPU / NVML
-    └── WontFitError            (also RuntimeError) nothing fits; carries the plan that says so
+    ├── WontFitError            (also RuntimeError) nothing fits; carries the plan that says so
+    └── TrainingOutOfMemoryError (also torch.OutOfMemoryError) raised by ``oom_guard``; defined in
+                                 lora_doctor.fallback.oom so this module does not import torch
 """
 
 from __future__ import annotations

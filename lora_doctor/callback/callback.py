@@ -16,10 +16,11 @@ from typing import Any, Callable
 
 from transformers import TrainerCallback
 
-from ..errors import InvalidSettingError
+from ..errors import InvalidSettingError, WontFitError
 from ..findings import Finding
 from ..gpus import parse_gpu
 from .console import DoctorConsole, Status
+from .fallback import apply_fallback
 from .glue import agree, checkpoint_dir, find_callback_handler, is_logging_step, move_before_reporters
 from .memory import MemoryMeter, MemoryReading, judge_memory, memory_metrics
 from .monitor import Monitor, Thresholds
@@ -67,12 +68,16 @@ class LoraDoctorCallback(TrainerCallback):
         gpu: GPU to plan against (name or size); default: the local one.
         console: print the panel, status lines and alarms (main process only); or a DoctorConsole.
         preflight: run the config doctor and the planner before the first step.
+        auto_fallback: when the pre-flight plan predicts an OOM on ``gpu``, enable gradient checkpointing
+            and convert the frozen base linears to 4-bit in place before the first step, or stop with
+            :class:`WontFitError` if even that does not fit (docs/fallback.md). Off by default: the
+            callback never changes a model unless asked.
     """
 
     def __init__(self, on_explosion: str = "warn", on_nonfinite: str = "stop", *,
                  thresholds: Thresholds | None = None, check_every: int | None = None,
                  save_on_stop: bool = True, gpu: Any = None, console: bool | DoctorConsole = True,
-                 preflight: bool = True) -> None:
+                 preflight: bool = True, auto_fallback: bool = False) -> None:
         for name, value in (("on_explosion", on_explosion), ("on_nonfinite", on_nonfinite)):
             if value not in ACTIONS:
                 raise InvalidSettingError(f"{name} must be one of {ACTIONS}, got {value!r}")
@@ -85,6 +90,7 @@ class LoraDoctorCallback(TrainerCallback):
         self.gpu = None if gpu == "auto" else parse_gpu(gpu)   # bad specs fail here, not mid-training
         self.console = console if isinstance(console, DoctorConsole) else DoctorConsole(bool(console))
         self.run_preflight = preflight
+        self.auto_fallback = auto_fallback
         self.findings: list[Finding] = []
         self.report: PreflightReport | None = None
         self.stopped_at: int | None = None
@@ -134,8 +140,24 @@ class LoraDoctorCallback(TrainerCallback):
         self.monitor = Monitor(model, self.thresholds, fp16_scaling=self._scaler is not None)
         self.monitor.attach(model)
         self._first_batch_hook = FirstBatchHook(
-            lambda batch, seq: self._preflight(model, args, processing_class, batch, seq))
+            lambda batch, seq: self._before_first_step(model, args, processing_class, batch, seq))
         self._first_batch_hook.attach(model)
+
+    def _before_first_step(self, model: Any, args: Any, tokenizer: Any, batch: int | None, seq: int | None) -> None:
+        self._preflight(model, args, tokenizer, batch, seq)
+        if self.auto_fallback and self.report is not None:   # not guarded: WontFitError stops the run here
+            try:
+                found = apply_fallback(model, self.report)
+            except WontFitError as exc:
+                self.findings.append(Finding("auto-fallback-wont-fit", "error", str(exc),
+                                             "use a larger GPU, shorter sequences or a smaller micro-batch", {}))
+                if self._main:
+                    self.console.alarm(self.findings[-1:])
+                raise
+            if found is not None:
+                self.findings.append(found)
+                if self._main:
+                    self.console.alarm([found])
 
     @_guarded
     def _preflight(self, model: Any, args: Any, tokenizer: Any, batch: int | None, seq: int | None) -> None:
