@@ -103,7 +103,8 @@ def test_plan_settings_from_training_arguments(tmp_path):
 
 def test_preflight_degrades_without_planner_and_doctor(monkeypatch):
     monkeypatch.delattr(lora_doctor, "plan", raising=False)
-    monkeypatch.delattr(lora_doctor, "diagnose", raising=False)
+    monkeypatch.delattr(lora_doctor, "diagnose", raising=False)  # loaded lazily: also hide it from __getattr__
+    monkeypatch.setattr(lora_doctor, "_LAZY", {k: v for k, v in lora_doctor._LAZY.items() if k != "diagnose"})
     model = tiny_lora()
     report = run_preflight(model, SimpleNamespace(per_device_train_batch_size=2), None,
                            lora_stats.find_adapters(model), batch=2, seq_len=8)
