@@ -82,3 +82,20 @@ def plan_notes(plans: Sequence[MemoryPlan]) -> Group:
         lines.append(Text(f"LoRA targets: {', '.join(targets)}; r={plans[0].settings.r}, "
                           f"scale alpha/r = {scale:g}", style="dim"))
     return Group(*lines)
+
+
+def top_tensors_table(plan: MemoryPlan, *, ascii_only: bool = False) -> Table | None:
+    """The largest tensors alive at the traced peak (``engine="trace"`` plans only)."""
+    top = plan.details.get("top_tensors") or []
+    if not top:
+        return None
+    table = Table(title=f"{MODE_TITLES[plan.mode]}: largest tensors alive at the traced peak ({plan.peak_phase})",
+                  box=box.ASCII if ascii_only else box.SIMPLE_HEAVY, title_justify="left")
+    for column in ("size", "shape", "dtype", "made by", "term"):
+        table.add_column(column, justify="right" if column == "size" else "left")
+    for t in top:
+        made_by = t.get("op", "")
+        if t.get("module"):
+            made_by = f"{made_by} in {t['module']}"
+        table.add_row(_gib(t["nbytes"]), str(list(t["shape"])), t["dtype"], made_by, t["term"].replace("_", " "))
+    return table

@@ -79,3 +79,13 @@ def test_catalog_command(capsys):
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "plan" in capsys.readouterr().out
+
+
+def test_trace_prints_the_largest_tensors(tmp_path, capsys):
+    config = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, vocab_size=1000)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert main(["plan", str(tmp_path), "--trace", "--mode", "lora", "--seq-len", "128", "--gpu", "24GB"]) == 0
+    out = capsys.readouterr().out
+    assert "largest tensors alive at the traced peak" in out
+    assert "[128, 1000]" in out and "float32" in out and "logits and loss" in out

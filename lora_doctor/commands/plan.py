@@ -70,11 +70,15 @@ def run(args: argparse.Namespace) -> int:
 def _print(plans: list, ladder: bool) -> None:
     from rich.console import Console
 
-    from ..render import gpu_ladder, plan_notes, plan_table
+    from ..render import gpu_ladder, plan_notes, plan_table, top_tensors_table
 
     tty = sys.stdout.isatty()
     console = Console(no_color=not tty, highlight=False, width=None if tty else 110)
     console.print(plan_table(plans, ascii_only=not tty))
+    for p in plans:
+        top = top_tensors_table(p, ascii_only=not tty)
+        if top is not None:
+            console.print(top)
     if ladder:
         console.print(gpu_ladder(plans, ascii_only=not tty))
     console.print(plan_notes(plans))
