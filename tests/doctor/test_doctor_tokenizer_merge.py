@@ -96,11 +96,23 @@ def test_check_merge_mismatch_reports_difference():
     assert report.codes == ["merge-mismatch"] and report.summary["merge"]["max_abs_diff"] > 0
 
 
-def test_check_merge_quantized_base_warns_without_merging():
-    model = tiny_peft()
-    model.get_base_model().is_loaded_in_4bit = True   # what transformers sets for a bitsandbytes 4-bit load
+def test_check_merge_quantized_base_warns_without_merging(tmp_path):
+    """A real bitsandbytes NF4 base (bitsandbytes' 4-bit runs on CPU), loaded as users load it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from conftest import tiny_model
+
+    tiny_model("llama").save_pretrained(tmp_path)
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    base = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=bnb, device_map={"": "cpu"})
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
     report = check_merge(model)
     assert report.codes == ["merge-quantized-base"] and "bf16" in report.findings[0].fix
+    after = dict(model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before)  # nothing was merged into the 4-bit base
 
 
 def test_check_merge_needs_a_peft_model():
