@@ -174,16 +174,31 @@ def _largest(fits: Callable[[int], bool]) -> int:
 
 
 # Levers in the order we suggest them: cheapest in quality and speed first.
-_LEVERS: tuple[tuple[str, Callable[[PlanSettings], PlanSettings | None]], ...] = (
-    ("enable gradient checkpointing (--gradient-checkpointing)",
-     lambda s: None if s.gradient_checkpointing else replace(s, gradient_checkpointing=True)),
-    ("use LoRA instead of full fine-tuning (--mode lora)", lambda s: replace(s, mode="lora") if s.mode == "full" else None),
-    ("load the base in 4-bit (--mode qlora)", lambda s: replace(s, mode="qlora") if s.mode == "lora" else None),
-    ("use an 8-bit optimizer (--optim adamw_bnb_8bit)",
-     lambda s: replace(s, optim="adamw_bnb_8bit") if s.mode == "full" and s.optim.startswith("adamw_torch") else None),
-    ("halve the micro-batch and double gradient accumulation",
-     lambda s: replace(s, batch_size=s.batch_size // 2) if s.batch_size > 1 else None),
+_LEVERS: tuple[Callable[[PlanSettings], PlanSettings | None], ...] = (
+    lambda s: None if s.gradient_checkpointing else replace(s, gradient_checkpointing=True),
+    lambda s: replace(s, mode="lora") if s.mode == "full" else None,
+    lambda s: replace(s, mode="qlora") if s.mode == "lora" else None,
+    lambda s: replace(s, optim="adamw_bnb_8bit") if s.mode == "full" and s.optim.startswith("adamw_torch") else None,
+    lambda s: replace(s, batch_size=s.batch_size // 2) if s.batch_size > 1 else None,
 )
+_MODE_CHANGE = {"lora": "use LoRA instead of full fine-tuning (--mode lora)",
+                "qlora": "load the base in 4-bit (--mode qlora)"}
+
+
+def describe_changes(before: PlanSettings, after: PlanSettings) -> str:
+    """What differs between two settings, as the CLI flags a user would change."""
+    parts = []
+    if after.gradient_checkpointing and not before.gradient_checkpointing:
+        parts.append("enable gradient checkpointing (--gradient-checkpointing)")
+    if after.mode != before.mode:
+        parts.append(_MODE_CHANGE[after.mode] if after.mode != "qlora" or before.mode == "lora"
+                     else f"{_MODE_CHANGE['lora']} with a 4-bit base (--mode qlora)")
+    if after.optim != before.optim:
+        parts.append(f"use an 8-bit optimizer (--optim {after.optim})")
+    if after.batch_size < before.batch_size:
+        parts.append(f"micro-batch {after.batch_size} with {before.batch_size // after.batch_size}x gradient "
+                     f"accumulation (--batch-size {after.batch_size})")
+    return " + ".join(parts)
 
 
 def recommend(result: MemoryPlan, analytic: Callable[[PlanSettings], MemoryPlan]) -> str:
@@ -197,21 +212,22 @@ def recommend(result: MemoryPlan, analytic: Callable[[PlanSettings], MemoryPlan]
     short = format_bytes(-result.headroom_bytes)
     biggest = result.largest_term.replace("_", " ")
     head = f"Does not fit on {gpu.name} (short by {short}; largest term: {biggest})."
-    for label, lever in _LEVERS:  # one lever alone, in order of preference
-        changed = lever(result.settings)
+    original = result.settings
+    for lever in _LEVERS:  # one lever alone, in order of preference
+        changed = lever(original)
         if changed is not None and (trial := analytic(changed)).device_peak_bytes <= gpu.memory_bytes:
-            return f"{head} To fit: {label} -> {format_bytes(trial.device_peak_bytes)}."
-    s, applied = result.settings, []
+            return f"{head} To fit: {describe_changes(original, changed)} -> {format_bytes(trial.device_peak_bytes)}."
+    s = original
     while True:  # otherwise stack them
-        step = next(((label, c) for label, lever in _LEVERS if (c := lever(s)) is not None), None)
-        if step is None:
+        s_next = next((c for lever in _LEVERS if (c := lever(s)) is not None), None)
+        if s_next is None:
             break
-        applied.append(step[0])
-        s = step[1]
+        s = s_next
         trial = analytic(s)
         if trial.device_peak_bytes <= gpu.memory_bytes:
-            return f"{head} To fit: {' + '.join(applied)} -> {format_bytes(trial.device_peak_bytes)}."
-    return f"{head} Nothing fits even with {' + '.join(applied) or 'the usual levers'}: use a larger GPU or shorter sequences."
+            return f"{head} To fit: {describe_changes(original, s)} -> {format_bytes(trial.device_peak_bytes)}."
+    return (f"{head} Nothing fits even with {describe_changes(original, s) or 'the usual levers'}: "
+            "use a larger GPU or shorter sequences.")
 
 
 def _recommend_without_gpu(result: MemoryPlan) -> str:
