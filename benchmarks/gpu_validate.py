@@ -51,6 +51,10 @@ CASES = [
      dict(mode="qlora", target_modules=QV, mixed_precision="bf16", batch_size=2, seq_len=4096)),
     ("gpt2 full fp32 adamw b8 s1024", "openai-community/gpt2",
      dict(mode="full", dtype="fp32", batch_size=8, seq_len=1024)),
+    ("mixtral-8x7b lora q,v bf16 b1 s1024", "mistralai/Mixtral-8x7B-v0.1",
+     dict(mode="lora", target_modules=QV, batch_size=1, seq_len=1024)),
+    ("gemma-2-2b lora q,v bf16 eager b2 s2048", "google/gemma-2-2b",
+     dict(mode="lora", target_modules=QV, batch_size=2, seq_len=2048, attn_implementation="eager")),
 ]
 SMOKE_CONFIG = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, vocab_size=256)

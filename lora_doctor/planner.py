@@ -127,6 +127,12 @@ def _analytic(resolved: ResolvedModel, s: PlanSettings, device: str = "cuda") ->
     if s.mode != "full":
         scale = s.lora_alpha / (s.r ** 0.5 if s.use_rslora else s.r)
     notes = list(totals.notes)
+    from .memory.activations import RECIPES
+
+    recipe = RECIPES.get(resolved.arch.block, RECIPES["generic"])
+    if s.attn_implementation == "sdpa" and not recipe.sdpa:
+        notes.append(f"{resolved.arch.model_type} has no SDPA attention in transformers: planned with eager "
+                     "attention (heads x seq x seq scores per layer); flash_attention_2 on a GPU avoids that")
     max_pos = resolved.arch.extra.get("max_position_embeddings") or resolved.arch.extra.get("n_positions")
     if max_pos and s.seq_len > int(max_pos):
         notes.append(f"seq_len {s.seq_len} exceeds the model's max_position_embeddings ({max_pos})")

@@ -40,7 +40,7 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "llama": Recipe(),
     "phi3": Recipe(dropout_sites=("resid_pdrop", "resid_pdrop")),
-    "gemma": Recipe(norms_per_layer=4),
+    "gemma": Recipe(norms_per_layer=4, sdpa=False),  # transformers 5 Gemma-2 has no SDPA path: eager
     "moe": Recipe(),
     "gpt2": Recipe(norm="layer", mlp="plain", dropout_sites=("resid_pdrop", "resid_pdrop"), attn_extra_copies=2),
     "opt": Recipe(norm="layer", mlp="plain", dropout_sites=("dropout", "dropout")),
