@@ -157,6 +157,8 @@ def estimate(arch: ArchSpec, *, seq_len: int, full: bool, targeted: set[str], r:
         kv_width = H if K < H else K
         per_layer += (H * d + 2 * kv_width * d) * pa
         quadratic = H * (4 + (pa if pa != 4 else 0))
+        if arch.extra.get("attn_logit_softcapping"):  # Gemma-2: tanh(scores / cap) keeps its output
+            quadratic += H * pa
     else:
         per_layer += (2 * H * d + 2 * K * d + recipe.attn_extra_copies * h) * pa + 4 * H
 

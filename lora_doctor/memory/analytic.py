@@ -83,6 +83,9 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda", lora_dro
     logit_bytes = dt.autocast or (4 if s.mode == "qlora" else DTYPE_BYTES[s.dtype])
     loss_fwd = T * V * (logit_bytes + 8 if logit_bytes != 4 else 8)
     loss_bwd = max(T * V * 12, T * V * (4 + logit_bytes) + pers.head_gradient)
+    if arch.extra.get("final_logit_softcapping"):  # Gemma-2: tanh(logits / cap) * cap keeps the tanh output
+        loss_fwd += T * V * logit_bytes
+        loss_bwd += T * V * logit_bytes
     loss_peak = max(loss_fwd, loss_bwd)
     dequant = pers.largest_linear_params * 2 if s.mode == "qlora" else 0
     transient = int(T * est.transient_tokens) + dequant
