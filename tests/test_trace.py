@@ -115,3 +115,19 @@ def test_replay_finds_peak_and_live_set():
     r = replay(tl)
     assert r.peak_bytes == 4096 + 8192 and r.peak_phase == "forward" and r.final_bytes == 0
     assert sorted(rec.nbytes for rec in r.alive_at_peak) == [4096, 8192]
+
+
+def test_models_without_sdpa_are_traced_with_eager_and_match_analytic():
+    """Gemma-2 has no SDPA path: both engines plan eager attention and its soft-capping tensors."""
+    from lora_doctor.memory.tables import CUBLAS_WORKSPACE_BYTES
+    from lora_doctor.models import resolve
+    from lora_doctor.planner import _analytic
+    from lora_doctor.trace import trace_step
+
+    gemma = resolve(dict(model_type="gemma2", hidden_size=128, intermediate_size=352, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=4000))
+    s = PlanSettings(mode="lora", batch_size=2, seq_len=256, target_modules="all-linear")
+    traced = trace_step(gemma, s)
+    assert any("eager" in n for n in traced.notes)
+    analytic = _analytic(gemma, s).peak_bytes - CUBLAS_WORKSPACE_BYTES
+    assert abs(analytic / traced.peak_bytes - 1) < 0.05

@@ -59,6 +59,7 @@ def dtype_of(name: str) -> torch.dtype:
 def build_model(resolved: ResolvedModel, settings: PlanSettings, make: TensorFactory,
                 mode: Any = None) -> BuiltModel:
     """Steps 1-5 above; ``make`` runs inside ``mode`` (a ``FakeTensorMode``) when one is given."""
+    from ..errors import UnsupportedModelError
     from ..introspect import build_meta_model
 
     notes: list[str] = []
@@ -69,7 +70,15 @@ def build_model(resolved: ResolvedModel, settings: PlanSettings, make: TensorFac
                      "which keeps the same O(seq) activations")
     config._attn_implementation = attn
     load_dtype = dtype_of(settings.dtype)
-    model = build_meta_model(config)
+    try:
+        model = build_meta_model(config)
+    except UnsupportedModelError as exc:
+        if attn != "sdpa" or "attention implementation" not in str(exc):
+            raise
+        # Gemma-2, BLOOM: no SDPA path in transformers; from_pretrained would pick eager, so trace that
+        notes.append(f"{config.model_type} has no SDPA attention in transformers; traced with eager attention")
+        config._attn_implementation = "eager"
+        model = build_meta_model(config)
     for p in model.parameters():  # like from_pretrained(dtype=...): parameters only, fp32 buffers stay
         p.data = p.data.to(load_dtype)
     if settings.mode == "qlora":
