@@ -163,11 +163,36 @@ def _config_from_hf_cache(repo_id: str) -> Path | None:
     return Path(found) if isinstance(found, str) else None
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP connect to the hub endpoint, so an offline machine fails in milliseconds
+    instead of sitting through huggingface_hub's retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+
+        url = urlparse(constants.ENDPOINT)
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except Exception:
+        return False
+
+
 def _download_config(repo_id: str) -> Path | None:
     """Fetch config.json only (a few KB). Any failure (no network, gated, 404) returns None."""
+    if not _hub_reachable():
+        return None
+    import logging
+
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # its retry warnings would bury our one-line error
     try:
         from huggingface_hub import hf_hub_download
 
         return Path(hf_hub_download(repo_id, "config.json", etag_timeout=5))
     except Exception:
         return None
+    finally:
+        hub_logger.setLevel(level)

@@ -211,3 +211,18 @@ def test_saved_config_with_lm_head_model_architecture_builds_causal_lm(tmp_path)
     fields = dict(lookup("gpt2").config, architectures=["GPT2LMHeadModel"])
     (tmp_path / "config.json").write_text(json.dumps(fields))
     assert plan(str(tmp_path)).total_params == 124_439_808
+
+
+def test_unknown_model_online_path_fails_fast_when_the_hub_is_unreachable(monkeypatch):
+    """Not offline, but no hub (a closed local port): one clear error in well under a second or two."""
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    start = time.perf_counter()
+    with pytest.raises(ModelNotFoundError) as info:
+        plan("someone/unknown-model")
+    assert time.perf_counter() - start < 5
+    assert "could not be downloaded" in str(info.value)
