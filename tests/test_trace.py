@@ -101,7 +101,7 @@ def test_cli_plan_trace_json(tmp_path, capsys):
 def test_replay_finds_peak_and_live_set():
     import torch
 
-    from lora_doctor.trace.timeline import StorageTimeline, replay
+    from lora_doctor.measure.timeline import StorageTimeline, replay
 
     tl = StorageTimeline()
     with tl:

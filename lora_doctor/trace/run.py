@@ -16,7 +16,7 @@ from .build import build_model, dtype_of
 from .modules import module_scope
 from .patches import real_batch_decisions
 from .step import PAGED, make_optimizer, prime_optimizer, optimizer_state_tensors, run_training_steps
-from .timeline import StorageRecord, StorageTimeline, replay
+from ..measure.timeline import StorageRecord, StorageTimeline, replay
 
 # Timeline category -> breakdown term. Phases are the default category of a new storage.
 CATEGORY_TERMS: dict[str, str] = {

@@ -1,11 +1,20 @@
-"""Record every storage allocation and release of a traced step, then replay it to find the peak.
+"""Record every storage allocation and release while PyTorch runs, then replay the log for the peak.
 
-:class:`StorageTimeline` is a ``TorchDispatchMode`` like :class:`lora_doctor.measure.StorageTracker`
-(live storages, sizes rounded up to 512 bytes, released through weak references), but instead of
-keeping running totals per category it appends events to a flat log. Categories can then be
-decided *after* the step, when it is known which storages became ``.grad`` tensors and which are
-optimizer states; :func:`replay` walks the log once to find the peak and what was alive at it.
-Appending is cheaper than updating totals, which keeps a 70B step on fake tensors fast.
+A :class:`~torch.utils._python_dispatch.TorchDispatchMode` sees the outputs of every ATen op,
+forward, backward and optimizer alike. Each new storage is logged with its size rounded up to
+512 bytes (the CUDA caching allocator's granularity) and its release when its last reference dies
+(a weak reference callback). The running total is the memory a CUDA device would hold in tensors;
+its maximum is what ``torch.cuda.max_memory_allocated`` reports for the same step. Works on real
+tensors and on fake ones (``FakeTensorMode``: true sizes, no data).
+
+:class:`StorageTimeline` only appends events, so categories can be decided *after* the step (which
+storages became ``.grad``, which are optimizer states) and :func:`replay` walks the log once to find
+the peak and what was alive at it; appending is cheap, which keeps a 70B step on fake tensors fast.
+:class:`lora_doctor.measure.StorageTracker` is the same log with running totals kept as it grows.
+
+Known blind spots: scratch memory a kernel allocates without going through ATen (cuBLAS
+workspaces, fused kernels' buffers) is not seen; tensors alive before tracking started count only
+when passed to ``register``.
 """
 
 from __future__ import annotations
@@ -18,7 +27,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from ..measure.tracker import rounded
+ALIGN = 512
+
+
+def rounded(nbytes: int, align: int = ALIGN) -> int:
+    return (nbytes + align - 1) // align * align
 
 
 class StorageRecord:
@@ -46,7 +59,7 @@ class StorageTimeline(TorchDispatchMode):
     def __init__(self, classify: Classifier | None = None) -> None:
         super().__init__()
         self.classify = classify
-        self.phase = "setup"
+        self._phase = "setup"
         self.module = ""
         self.records: list[StorageRecord] = []
         self.events: list[int] = []
@@ -54,9 +67,17 @@ class StorageTimeline(TorchDispatchMode):
         self._live: dict[int, tuple[weakref.ref, int]] = {}
         self.ops_seen = 0
 
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @phase.setter
+    def phase(self, phase: str) -> None:
+        self._phase = phase
+        self.phase_marks.append((len(self.events), phase))
+
     def set_phase(self, phase: str) -> None:
         self.phase = phase
-        self.phase_marks.append((len(self.events), phase))
 
     def _add(self, tensor: torch.Tensor, op: str, category: str | None = None) -> None:
         try:
@@ -70,7 +91,7 @@ class StorageTimeline(TorchDispatchMode):
             old = self.records[entry[1]]
             if old.nbytes == nbytes:
                 return
-            self.events.append(~entry[1])  # resized in place: release the old size, allocate the new
+            self._log_release(entry[1])  # resized in place: release the old size, allocate the new
             idx = self._append(StorageRecord(nbytes, old.op, old.module, old.phase, old.category,
                                              old.shape, old.dtype))
             self._live[key] = (entry[0], idx)
@@ -88,17 +109,20 @@ class StorageTimeline(TorchDispatchMode):
         self.events.append(idx)
         return idx
 
+    def _log_release(self, idx: int) -> None:
+        self.events.append(~idx)
+
     def _release_for(self, key: int) -> Callable[[Any], None]:
         def release(ref: weakref.ref) -> None:
             entry = self._live.get(key)
             if entry is not None and entry[0] is ref:
                 del self._live[key]
-                self.events.append(~entry[1])
+                self._log_release(entry[1])
 
         return release
 
     # -- public ------------------------------------------------------------------------------
-    def register(self, tensors: Iterable[torch.Tensor], category: str) -> None:
+    def register(self, tensors: Iterable[torch.Tensor], category: str = "weights") -> None:
         """Count tensors that exist before the step (parameters, buffers, quantization state)."""
         for t in tensors:
             if isinstance(t, torch.Tensor):
