@@ -31,7 +31,7 @@ MIB = 1024**2
 def predict(case, engine: str = "analytic"):
     s = case.settings
     return plan(TINY_CONFIGS[case.model], mode=s.mode, batch_size=s.batch_size, seq_len=s.seq_len, r=s.r,
-                lora_alpha=s.lora_alpha, target_modules=s.target_modules, dtype=s.dtype,
+                lora_alpha=s.lora_alpha, target_modules=s.target_modules, lora_dropout=s.lora_dropout, dtype=s.dtype,
                 mixed_precision=s.mixed_precision, optim=s.optim, gradient_checkpointing=s.gradient_checkpointing,
                 attn_implementation=s.attn_implementation, quant_type=s.quant_type, double_quant=s.double_quant,
                 engine=engine, device="cpu")

@@ -35,6 +35,7 @@ class PlanSettings:
     lora_alpha: float = 32
     target_modules: Any = None           # None (peft's default), "all-linear", or a list of names
     use_rslora: bool = False
+    lora_dropout: float = 0.0            # peft's default; > 0 keeps a mask and a dropped copy per adapter
     dtype: str = "bf16"                  # dtype the base weights are loaded in
     mixed_precision: str | None = None   # Trainer bf16/fp16 autocast, None = off
     optim: str = "adamw_torch"

@@ -28,7 +28,7 @@ _MAX_SEARCH = 1 << 20
 
 def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = None, batch_size: int = 1,
          seq_len: int = 512, r: int = 16, lora_alpha: float = 32, target_modules: "str | Sequence[str] | None" = None,
-         use_rslora: bool = False, dtype: str = "bf16", mixed_precision: str | None = None,
+         use_rslora: bool = False, lora_dropout: float = 0.0, dtype: str = "bf16", mixed_precision: str | None = None,
          optim: str = "adamw_torch", gradient_checkpointing: bool = False, attn_implementation: str = "sdpa",
          quant_type: str = "nf4", double_quant: bool = True, engine: str = "analytic",
          device: str = "cuda") -> MemoryPlan:
@@ -53,7 +53,7 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
         a :class:`MemoryPlan`. Raises :class:`LoraDoctorError` subclasses on bad input.
     """
     settings = make_settings(mode=mode, batch_size=batch_size, seq_len=seq_len, r=r, lora_alpha=lora_alpha,
-                             target_modules=target_modules, use_rslora=use_rslora, dtype=dtype,
+                             target_modules=target_modules, use_rslora=use_rslora, lora_dropout=lora_dropout, dtype=dtype,
                              mixed_precision=mixed_precision, optim=optim,
                              gradient_checkpointing=gradient_checkpointing,
                              attn_implementation=attn_implementation, quant_type=quant_type,
@@ -79,6 +79,9 @@ def make_settings(**kw: Any) -> PlanSettings:
         value = kw[name]
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             problems.append(f"{name} must be a positive integer, got {value!r}")
+    dropout = kw.get("lora_dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        problems.append(f"lora_dropout must be in [0, 1), got {dropout!r}")
     if not isinstance(kw["lora_alpha"], (int, float)) or kw["lora_alpha"] <= 0:
         problems.append(f"lora_alpha must be positive, got {kw['lora_alpha']!r}")
     dtype = DTYPE_ALIASES.get(str(kw["dtype"]).lower(), str(kw["dtype"]).lower())
@@ -104,7 +107,7 @@ def make_settings(**kw: Any) -> PlanSettings:
     return PlanSettings(
         mode=mode, batch_size=kw["batch_size"], seq_len=kw["seq_len"], r=kw["r"], lora_alpha=kw["lora_alpha"],
         target_modules=list(targets) if isinstance(targets, tuple) else targets, use_rslora=bool(kw["use_rslora"]),
-        dtype=dtype, mixed_precision=mp, optim=optim, gradient_checkpointing=bool(kw["gradient_checkpointing"]),
+        lora_dropout=float(kw.get("lora_dropout", 0.0)), dtype=dtype, mixed_precision=mp, optim=optim, gradient_checkpointing=bool(kw["gradient_checkpointing"]),
         attn_implementation="sdpa" if attn == "flash_attention_2" else attn,
         quant_type=kw["quant_type"], double_quant=bool(kw["double_quant"]),
     )

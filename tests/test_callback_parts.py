@@ -98,6 +98,7 @@ def test_plan_settings_from_training_arguments(tmp_path):
         "mode": "lora", "batch_size": 3, "seq_len": 77, "dtype": "fp32", "optim": "adamw_torch",
         "gradient_checkpointing": True, "attn_implementation": settings["attn_implementation"],
         "device": "cpu", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "use_rslora": False,
+        "lora_dropout": 0.0,
     }
 
 

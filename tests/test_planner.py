@@ -226,3 +226,14 @@ def test_unknown_model_online_path_fails_fast_when_the_hub_is_unreachable(monkey
         plan("someone/unknown-model")
     assert time.perf_counter() - start < 5
     assert "could not be downloaded" in str(info.value)
+
+
+def test_lora_dropout_costs_a_mask_and_is_validated():
+    base = plan("meta-llama/Llama-2-7b-hf", target_modules="all-linear", seq_len=2048)
+    dropped = plan("meta-llama/Llama-2-7b-hf", target_modules="all-linear", seq_len=2048, lora_dropout=0.05)
+    # one 1-byte mask per adapter input on CUDA: 4 x hidden (q,k,v,o) + 2 x hidden (gate, up) + intermediate
+    per_token_layer = 6 * 4096 + 11008
+    assert dropped.breakdown["activations"] - base.breakdown["activations"] == 2048 * 32 * per_token_layer
+    assert dropped.settings.lora_dropout == 0.05
+    with pytest.raises(InvalidSettingError):
+        plan("gpt2", lora_dropout=1.5)

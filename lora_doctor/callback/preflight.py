@@ -91,6 +91,7 @@ def plan_settings(model: Any, args: Any, summary: ModelSummary, batch: int | Non
             r=getattr(lora, "r", None), lora_alpha=getattr(lora, "lora_alpha", None),
             target_modules=sorted(targets) if isinstance(targets, (set, list, tuple)) else targets,
             use_rslora=bool(getattr(lora, "use_rslora", False)),
+            lora_dropout=float(getattr(lora, "lora_dropout", 0.0) or 0.0),
         )
     quant = getattr(base_config, "quantization_config", None)
     if summary.mode == "qlora" and quant is not None:

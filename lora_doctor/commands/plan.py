@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=32, help="lora_alpha (default 32)")
     p.add_argument("--target-modules", help="comma-separated names, a regex, or all-linear (default: peft's)")
     p.add_argument("--use-rslora", action="store_true", help="rank-stabilized LoRA scaling alpha/sqrt(r)")
+    p.add_argument("--dropout", type=float, default=0.0, help="lora_dropout (default 0.0, peft's default)")
     p.add_argument("--dtype", default="bf16", help="dtype the weights are loaded in: bf16 (default), fp16, fp32")
     p.add_argument("--mixed-precision", choices=("bf16", "fp16"), help="Trainer autocast (bf16=True / fp16=True)")
     p.add_argument("--optim", default="adamw_torch", help="Trainer optim name (default adamw_torch)")
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     modes = [args.mode] if args.mode else ["full", "lora", "qlora"]
     plans = [plan(args.model, mode=m, gpu=args.gpu, batch_size=args.batch_size, seq_len=args.seq_len, r=args.r,
                   lora_alpha=args.alpha, target_modules=args.target_modules, use_rslora=args.use_rslora,
-                  dtype=args.dtype, mixed_precision=args.mixed_precision, optim=args.optim,
+                  lora_dropout=args.dropout, dtype=args.dtype, mixed_precision=args.mixed_precision, optim=args.optim,
                   gradient_checkpointing=args.gradient_checkpointing, attn_implementation=args.attn,
                   quant_type=args.quant_type, double_quant=not args.no_double_quant,
                   engine="trace" if args.trace else "analytic")

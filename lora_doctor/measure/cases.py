@@ -47,6 +47,8 @@ CASES: tuple[Case, ...] = (
     Case("llama full bf16 sgd", "llama", _s(mode="full", dtype="bf16", optim="sgd", seq_len=256, batch_size=2)),
     Case("llama lora q,v bf16", "llama", _s(mode="lora", target_modules=QV, seq_len=256, batch_size=2)),
     Case("llama lora all-linear bf16", "llama", _s(mode="lora", target_modules="all-linear", seq_len=256, batch_size=2)),
+    Case("llama lora all-linear bf16 dropout 0.05", "llama", _s(mode="lora", target_modules="all-linear", lora_dropout=0.05, seq_len=256, batch_size=2)),
+    Case("llama qlora q,v dropout 0.1 no autocast", "llama", _s(mode="qlora", target_modules=QV, lora_dropout=0.1, seq_len=256, batch_size=2)),
     Case("llama lora all-linear bf16 +gc", "llama", _s(mode="lora", target_modules="all-linear", seq_len=256, batch_size=2, gradient_checkpointing=True)),
     Case("llama lora q,v bf16 eager", "llama", _s(mode="lora", target_modules=QV, seq_len=256, batch_size=2, attn_implementation="eager")),
     Case("llama lora q,v fp32 +bf16 autocast", "llama", _s(mode="lora", dtype="fp32", mixed_precision="bf16", target_modules=QV, seq_len=256, batch_size=2)),

@@ -67,7 +67,8 @@ def build_model(config: Any, settings: PlanSettings, workdir: str) -> Any:
 
         targets = settings.target_modules
         lora = LoraConfig(r=settings.r, lora_alpha=settings.lora_alpha, target_modules=targets,
-                          use_rslora=settings.use_rslora, lora_dropout=0.0, task_type="CAUSAL_LM")
+                          use_rslora=settings.use_rslora, lora_dropout=settings.lora_dropout,
+                          task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
     return model
 

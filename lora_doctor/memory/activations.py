@@ -12,7 +12,8 @@ in fp16 with dropout), every term below names the op that saves it, for the bloc
   eager attention also keeps the fp32 softmax and its cast copy: ``heads x seq`` per token, the
   quadratic term. GQA keys/values are saved at kv-head width with SDPA, repeated to full width by eager.
 * Gated MLP (SwiGLU/GeGLU): gate and up outputs and the activation output (3 x intermediate);
-  plain MLP: the first projection output (1 x intermediate); a dropout keeps a 1-byte mask.
+  plain MLP: the first projection output (1 x intermediate); a dropout keeps its mask (1 byte from
+  CUDA's fused kernel, the input's dtype on the CPU).
 
 Validated against live-storage measurements of real Trainer steps (benchmarks/accuracy.py).
 """
@@ -104,7 +105,7 @@ class ActivationEstimate:
 
 
 def _linear_saves(fam: LinearFamily, *, per_layer: float, full: bool, lora: bool, r: int,
-                  dt: DtypeContext, dropout: float) -> float:
+                  dt: DtypeContext, dropout: float, mask_bytes: int | None) -> float:
     """Bytes per token one family saves per layer for its own weight / adapter gradients."""
     if full:
         return fam.in_features * dt.matmul * per_layer if dt.cast_inputs else 0.0  # shared inputs added separately
@@ -112,14 +113,15 @@ def _linear_saves(fam: LinearFamily, *, per_layer: float, full: bool, lora: bool
         return 0.0
     lora_dtype = dt.autocast or dt.adapter  # autocast runs lora_A in half precision
     # The cast to the adapter dtype is a no-op on an fp32 stream: siblings then share the input (below).
-    saved = (0 if _lora_input_shared(dt) else fam.in_features * lora_dtype) + r * lora_dtype
-    if dropout > 0:
-        saved += fam.in_features * 1  # bool mask
+    saved = (0 if _lora_input_shared(dt, dropout) else fam.in_features * lora_dtype) + r * lora_dtype
+    if dropout > 0:  # the dropout mask: bool from CUDA's fused kernel, the input's dtype on the CPU
+        saved += fam.in_features * (mask_bytes or lora_dtype)
     return saved * per_layer
 
 
-def _lora_input_shared(dt: DtypeContext) -> bool:
-    return not dt.autocast and dt.linear_out == dt.adapter
+def _lora_input_shared(dt: DtypeContext, dropout: float) -> bool:
+    """No cast (fp32 stream, no autocast) and no dropout: sibling adapters read one saved tensor."""
+    return not dt.autocast and dt.linear_out == dt.adapter and dropout == 0
 
 
 def _norm_saves(recipe: Recipe, hidden: int, dt: DtypeContext, weight_trains: bool) -> float:
@@ -129,8 +131,9 @@ def _norm_saves(recipe: Recipe, hidden: int, dt: DtypeContext, weight_trains: bo
 
 
 def estimate(arch: ArchSpec, *, seq_len: int, full: bool, targeted: set[str], r: int, dt: DtypeContext,
-             attn: str, lora_dropout: float = 0.0) -> ActivationEstimate:
+             attn: str, lora_dropout: float = 0.0, device: str = "cuda") -> ActivationEstimate:
     """Per-token activation bytes for ``arch`` (see the module docstring for each term)."""
+    mask_bytes = 1 if device == "cuda" else None
     recipe = RECIPES.get(arch.block, RECIPES["generic"])
     h, L = arch.hidden_size, max(arch.num_layers, 1)
     H, K, d = arch.num_heads, arch.num_kv_heads, arch.head_dim
@@ -143,8 +146,8 @@ def estimate(arch: ArchSpec, *, seq_len: int, full: bool, targeted: set[str], r:
     for fam in block_fams:
         per = fam.count / L
         per_layer += _linear_saves(fam, per_layer=per, full=full, lora=fam.example in targeted, r=r,
-                                   dt=dt, dropout=lora_dropout)
-        lora_shared = fam.example in targeted and _lora_input_shared(dt)
+                                   dt=dt, dropout=lora_dropout, mask_bytes=mask_bytes)
+        lora_shared = fam.example in targeted and _lora_input_shared(dt, lora_dropout)
         if (full and not dt.cast_inputs) or lora_shared:
             group = SHARED_INPUT_GROUPS.get(fam.name, fam.name)
             key = f"{group}:{fam.in_features}"
@@ -173,7 +176,7 @@ def estimate(arch: ArchSpec, *, seq_len: int, full: bool, targeted: set[str], r:
     # Hidden dropouts keep a 1-byte mask each.
     for key in recipe.dropout_sites:
         if float(arch.extra.get(key, 0) or 0) > 0:
-            per_layer += h
+            per_layer += h * (mask_bytes or dt.stream)
 
     first_discount = _norm_saves(recipe, h, dt, full) if not full else 0.0
     outside = _norm_saves(recipe, h, dt, full)

@@ -59,7 +59,7 @@ def _autocast_weight_cache(arch: ArchSpec, s: PlanSettings, dt: activations.Dtyp
     return (sum(f.weight_params for f in fams) + tied_head) * dt.autocast
 
 
-def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda", lora_dropout: float = 0.0) -> PhaseTotals:
+def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda") -> PhaseTotals:
     """Tensor-memory peak of one training step; pure arithmetic on ``arch`` and ``s``."""
     full = s.mode == "full"
     targeted = [] if full else targeted_families(arch, s.target_modules)
@@ -67,7 +67,8 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda", lora_dro
                             double_quant=s.double_quant, device=device)
     dt = _dtypes(s)
     est = activations.estimate(arch, seq_len=s.seq_len, full=full, targeted={f.example for f in targeted},
-                               r=s.r, dt=dt, attn=s.attn_implementation, lora_dropout=lora_dropout)
+                               r=s.r, dt=dt, attn=s.attn_implementation, lora_dropout=s.lora_dropout,
+                               device=device)
     b, seq, L, V = s.batch_size, s.seq_len, max(arch.num_layers, 1), arch.vocab_size
     T = b * seq
     layer_tokens = est.per_layer_tokens + est.quadratic_per_layer * seq

@@ -134,7 +134,7 @@ def _apply_lora(model: nn.Module, settings: PlanSettings) -> tuple[nn.Module, li
 
     task = "SEQ_2_SEQ_LM" if getattr(model.config, "is_encoder_decoder", False) else "CAUSAL_LM"
     config = LoraConfig(r=settings.r, lora_alpha=settings.lora_alpha, target_modules=settings.target_modules,
-                        use_rslora=settings.use_rslora, task_type=task)
+                        use_rslora=settings.use_rslora, lora_dropout=settings.lora_dropout, task_type=task)
     peft_model = get_peft_model(model, config)
     targets = sorted(peft_model.peft_config["default"].target_modules or [])
     return peft_model, [str(t) for t in targets]
