@@ -216,3 +216,42 @@ def test_same_callback_in_a_second_train_call(trainer_factory):
     assert problems(cb) == []
     hooks = lambda model: sum(len(p._post_accumulate_grad_hooks or {}) for p in model.parameters())  # noqa: E731
     assert hooks(first) == 0 and hooks(second) == 0   # removed at the end of each run
+
+
+def test_doctor_loss_matches_the_trainer_loss_with_gradient_accumulation(tmp_path):
+    from callback_support import make_trainer
+
+    cb = LoraDoctorCallback(console=False, preflight=False)
+    trainer = make_trainer(tiny_lora(), cb, tmp_path, max_steps=3, gradient_accumulation_steps=4)
+    trainer.train()
+    logged = [(h["loss"], h["doctor/loss"]) for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == 3
+    assert all(d == pytest.approx(l, rel=1e-3) for l, d in logged)  # summed micro-batch losses, not their mean
+
+
+def test_stop_checkpoint_exists_even_when_the_save_strategy_overrides_it(tmp_path):
+    """save_strategy="best" resets should_save after our callback: the stop checkpoint must still be on disk."""
+    from transformers import Trainer, TrainingArguments
+
+    from callback_support import TokenDataset
+
+    model = tiny_lora()
+    calls = {"n": 0}
+
+    def poison(module, inputs, output):
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                return output * float("nan")
+
+    model.base_model.model.model.norm.register_forward_hook(poison)
+    cb = LoraDoctorCallback(console=False, preflight=False)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=4, learning_rate=1e-3,
+                             logging_steps=1, save_strategy="best", eval_strategy="steps", eval_steps=1,
+                             metric_for_best_model="loss", report_to="none", disable_tqdm=True, use_cpu=True, seed=0)
+    trainer = Trainer(model=model, args=args, train_dataset=TokenDataset(), eval_dataset=TokenDataset(8), callbacks=[cb])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    assert cb.stopped_at == 5 and os.path.isdir(cb.checkpoint)
+    assert any(name.startswith("adapter_model") for name in os.listdir(cb.checkpoint))

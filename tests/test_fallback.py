@@ -4,6 +4,7 @@ and oom_guard. CPU only, real bitsandbytes NF4, tiny random Llama models (no dow
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -291,3 +292,37 @@ def test_oom_guard_turns_a_real_oom_into_a_diagnosis(tmp_path):
     message = str(error)
     assert "predicted device peak" in message and "what to change" in message and "Tried to allocate" in message
     assert error.plan.settings.batch_size == BATCH and error.plan.settings.seq_len == SEQ
+
+
+def test_callback_fallback_failure_other_than_wont_fit_never_breaks_training(tmp_path):
+    """An architecture without gradient checkpointing: the fallback fails, training goes on with a warning."""
+    from lora_doctor import LoraDoctorCallback
+
+    model = _tiny_peft()
+    base_cls = type(model.get_base_model())
+    previous = base_cls.supports_gradient_checkpointing
+    base_cls.supports_gradient_checkpointing = False
+    try:
+        qlora, lora = _callback_peaks(model, tmp_path)
+        cb = LoraDoctorCallback(auto_fallback=True, gpu=(qlora + lora) // 2, console=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _trainer(model, cb, tmp_path).train()
+    finally:
+        base_cls.supports_gradient_checkpointing = previous
+    assert "callback-internal-error" in [f.code for f in cb.findings]
+
+
+def test_callback_fallback_monitor_reads_the_converted_weights(tmp_path):
+    from lora_doctor import LoraDoctorCallback
+
+    model = _tiny_peft()
+    qlora, lora = _callback_peaks(model, tmp_path)
+    cb = LoraDoctorCallback(auto_fallback=True, gpu=(qlora + lora) // 2, console=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _trainer(model, cb, tmp_path).train()
+    codes = [f.code for f in cb.findings]
+    assert "auto-fallback-applied" in codes and "memory-wont-fit" not in codes
+    live = {id(m.base_layer.weight) for m in model.modules() if hasattr(m, "base_layer")}
+    assert all(id(a.base_weight) in live for a in cb.monitor.adapters)  # no stale full-precision weights

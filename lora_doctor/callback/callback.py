@@ -145,7 +145,7 @@ class LoraDoctorCallback(TrainerCallback):
 
     def _before_first_step(self, model: Any, args: Any, tokenizer: Any, batch: int | None, seq: int | None) -> None:
         self._preflight(model, args, tokenizer, batch, seq)
-        if self.auto_fallback and self.report is not None:   # not guarded: WontFitError stops the run here
+        if self.auto_fallback and self.report is not None:   # WontFitError stops the run here, on purpose
             try:
                 found = apply_fallback(model, self.report)
             except WontFitError as exc:
@@ -154,7 +154,15 @@ class LoraDoctorCallback(TrainerCallback):
                 if self._main:
                     self.console.alarm(self.findings[-1:])
                 raise
+            except Exception as exc:  # any other failure (no checkpointing support, bitsandbytes missing): go on
+                self._internal_error("auto_fallback", exc)
+                return
             if found is not None:
+                # the pre-flight's "won't fit" is answered now; the monitor must read the new (4-bit) weights,
+                # or it would keep the old full-precision ones alive
+                self.findings = [f for f in self.findings if f.code != "memory-wont-fit"]
+                if self.monitor is not None:
+                    self.monitor.refresh_adapters(model)
                 self.findings.append(found)
                 if self._main:
                     self.console.alarm([found])
@@ -291,8 +299,26 @@ class LoraDoctorCallback(TrainerCallback):
         if self.checkpoint and not os.path.isdir(self.checkpoint):
             self._internal_error("checkpoint before stopping", FileNotFoundError(self.checkpoint))
 
+    def _ensure_stop_checkpoint(self, model: Any) -> None:
+        """The Trainer may not honour ``should_save`` (``save_strategy="best"`` overrides it): save ourselves."""
+        if not self.checkpoint or os.path.isdir(self.checkpoint) or model is None:
+            return
+        model.save_pretrained(self.checkpoint)
+        found = Finding(
+            "stop-checkpoint-model-only", "warning",
+            f"the Trainer did not write the stop checkpoint {self.checkpoint} (its save strategy overrode the "
+            "request), so lora-doctor saved the model weights there (adapters for a PeftModel), without "
+            "optimizer, scheduler or RNG state",
+            f"reload the weights from {self.checkpoint} (PeftModel.from_pretrained for adapters) and start a new "
+            "run; resume_from_checkpoint needs a full Trainer checkpoint",
+            {"checkpoint": self.checkpoint})
+        self.findings.append(found)
+        if self._main:
+            self.console.alarm([found])
+
     @_guarded
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._ensure_stop_checkpoint(kwargs.get("model"))
         if self._first_batch_hook is not None:
             self._first_batch_hook.detach()
         if self.monitor is not None:

@@ -72,6 +72,11 @@ class Monitor:
         self._dead_checked = False
         self._probe_steps = 0
 
+    def refresh_adapters(self, model: torch.nn.Module) -> None:
+        """Re-read the adapters after the base layers were replaced (in-place 4-bit conversion)."""
+        self.adapters = find_adapters(model)
+        self._base_norms = None
+
     def attach(self, model: torch.nn.Module) -> None:
         self.grad.attach()
         self.loss.attach(model)

@@ -92,17 +92,21 @@ class LossProbe:
 
     def __init__(self) -> None:
         self._current: list[torch.Tensor] = []
+        self._summed = False   # the Trainer passed num_items_in_batch: micro-batch losses are partial sums
         self._pending: list[tuple[int, torch.Tensor]] = []
         self._handle: Any = None
         self.errors: list[BaseException] = []
 
     def attach(self, model: torch.nn.Module) -> None:
-        self._handle = model.register_forward_hook(self._hook)
+        self._handle = model.register_forward_hook(self._hook, with_kwargs=True)
 
-    def _hook(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+    def _hook(self, module: torch.nn.Module, args: Any, kwargs: dict, output: Any) -> None:
         try:
             loss = _loss_of(output) if module.training else None
             if loss is not None:
+                # with gradient accumulation, transformers normalizes each micro-batch's loss by the tokens of
+                # the whole accumulated batch: the step's loss is then their sum, not their mean
+                self._summed = kwargs.get("num_items_in_batch") is not None
                 self._current.append(loss.detach().float().reshape(()))
         except Exception as exc:   # never break forward
             self.errors.append(exc)
@@ -110,7 +114,8 @@ class LossProbe:
     def end_step(self, step: int) -> None:
         if self._current:
             device = self._current[0].device
-            self._pending.append((step, torch.stack([v.to(device) for v in self._current]).mean()))
+            stacked = torch.stack([v.to(device) for v in self._current])
+            self._pending.append((step, stacked.sum() if self._summed else stacked.mean()))
             self._current = []
 
     def drain(self) -> Drained:
