@@ -89,7 +89,7 @@ def parse_gpu(spec: "str | int | GpuSpec | None") -> GpuSpec | None:
     if spec is None or isinstance(spec, GpuSpec):
         return spec
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        return GpuSpec(f"{int(spec)} B", parse_size(spec))
+        return GpuSpec(f"{int(spec)} B", _byte_count(spec, str(spec)))
     if not isinstance(spec, str) or not spec.strip():
         raise InvalidGpuError(f"not a GPU: {spec!r} (expected a size such as 24GB, a GPU name, or auto)")
     text = spec.strip()
@@ -98,14 +98,26 @@ def parse_gpu(spec: "str | int | GpuSpec | None") -> GpuSpec | None:
     named = gpu_by_name(text)
     if named is not None:
         return named
-    try:
-        size = parse_size(text)
-    except InvalidSettingError:
+    if re.fullmatch(r"[0-9.]+", text):
+        return GpuSpec(f"{text} B", _byte_count(float(text), text))
+    if not re.fullmatch(r"\s*[0-9]*\.?[0-9]+\s*[a-zA-Z]*\s*", text):
         raise InvalidGpuError(
             f"unknown GPU {spec!r}: give a size (24GB, 24GiB, 80G, a byte count), 'auto', "
             f"or one of {', '.join(known_gpu_names())}"
-        ) from None
+        )
+    try:
+        size = parse_size(text)
+    except InvalidSettingError as exc:
+        raise InvalidGpuError(f"unknown GPU {spec!r} ({exc}): give a size (24GB, 24GiB, 80G, a byte count), "
+                              f"'auto', or one of {', '.join(known_gpu_names())}") from None
     return GpuSpec(text, size)
+
+
+def _byte_count(value: float, text: str) -> int:
+    """A bare number is a byte count; one too small to be a GPU is almost surely a size without unit."""
+    if value < 2**20:
+        raise InvalidGpuError(f"--gpu {text} would be {text} bytes; did you mean {text}GB?")
+    return parse_size(value)
 
 
 def detect_local_gpu(index: int = 0) -> GpuSpec:

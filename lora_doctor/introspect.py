@@ -40,9 +40,12 @@ def build_meta_model(config: Any, *, auto_class: str | None = None) -> Any:
     try:
         with init_empty_weights(include_buffers=True):
             model = cls.from_config(config, dtype=torch.float32)
-    except (ValueError, KeyError, AttributeError, TypeError) as exc:
+    except Exception as exc:  # transformers raises anything from ValueError to ZeroDivisionError on odd configs
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first if len(first) <= 200 else first[:200] + "..."
         raise UnsupportedModelError(
-            f"cannot build model_type {getattr(config, 'model_type', '?')!r} with {name}: {exc}"
+            f"cannot build model_type {getattr(config, 'model_type', '?')!r} with {name}: "
+            f"{type(exc).__name__}: {first}"
         ) from None
     return model
 
@@ -132,7 +135,7 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
         else:
             for p in own:
                 counted.add(id(p))
-                if p.dim() == 3:
+                if p.dim() == 3 and "expert" in path.lower():  # Mamba's 3-D conv1d is not an expert
                     expert += p.numel()
                 else:
                     other += p.numel()

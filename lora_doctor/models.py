@@ -56,7 +56,12 @@ def config_from_dict(fields: dict) -> Any:
     try:
         return AutoConfig.for_model(model_type, **fields)
     except ValueError as exc:
-        raise UnsupportedModelError(f"transformers does not know model_type {model_type!r}: {exc}") from None
+        if "Unrecognized model identifier" in str(exc) or "unrecognized" in str(exc).lower():
+            raise UnsupportedModelError(f"transformers does not know model_type {model_type!r}") from None
+        raise UnsupportedModelError(f"invalid {model_type} config: {str(exc).splitlines()[0][:200]}") from None
+    except Exception as exc:  # e.g. a field of the wrong type (TypeError from the config's validation)
+        raise UnsupportedModelError(f"invalid {model_type} config: {type(exc).__name__}: "
+                                    f"{(str(exc).splitlines() or [''])[0][:200]}") from None
 
 
 def resolve(model: Any) -> ResolvedModel:

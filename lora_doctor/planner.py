@@ -27,8 +27,9 @@ _MAX_SEARCH = 1 << 20
 
 
 def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = None, batch_size: int = 1,
-         seq_len: int = 512, r: int = 16, lora_alpha: float = 32, target_modules: "str | Sequence[str] | None" = None,
-         use_rslora: bool = False, lora_dropout: float = 0.0, dtype: str = "bf16", mixed_precision: str | None = None,
+         seq_len: int = 512, r: int | None = None, lora_alpha: float | None = None,
+         target_modules: "str | Sequence[str] | None" = None, use_rslora: bool | None = None,
+         lora_dropout: float | None = None, dtype: str = "bf16", mixed_precision: str | None = None,
          optim: str = "adamw_torch", gradient_checkpointing: bool = False, attn_implementation: str = "sdpa",
          quant_type: str = "nf4", double_quant: bool = True, engine: str = "analytic",
          device: str = "cuda") -> MemoryPlan:
@@ -44,6 +45,9 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
         mixed_precision: the Trainer's ``bf16`` / ``fp16`` autocast; None = off.
         target_modules: None (peft's default for the architecture), ``"all-linear"``, a list of names
             or a regex string. Ignored for ``mode="full"``.
+        r, lora_alpha, target_modules, use_rslora, lora_dropout: left as None, they come from the
+            ``LoraConfig`` of a ``PeftModel`` passed as ``model``; otherwise r=16, lora_alpha=32,
+            peft's default targets, no rsLoRA, no dropout.
         engine: ``"analytic"`` (closed-form, milliseconds) or ``"trace"`` (runs the real model code
             on fake tensors).
         device: ``"cuda"`` (default) or ``"cpu"``: whose optimizer implementation to model (torch's
@@ -52,8 +56,10 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
     Returns:
         a :class:`MemoryPlan`. Raises :class:`LoraDoctorError` subclasses on bad input.
     """
-    settings = make_settings(mode=mode, batch_size=batch_size, seq_len=seq_len, r=r, lora_alpha=lora_alpha,
-                             target_modules=target_modules, use_rslora=use_rslora, lora_dropout=lora_dropout, dtype=dtype,
+    resolved = resolve(model)
+    lora = _lora_defaults(resolved.module, r=r, lora_alpha=lora_alpha, target_modules=target_modules,
+                          use_rslora=use_rslora, lora_dropout=lora_dropout)
+    settings = make_settings(mode=mode, batch_size=batch_size, seq_len=seq_len, **lora, dtype=dtype,
                              mixed_precision=mixed_precision, optim=optim,
                              gradient_checkpointing=gradient_checkpointing,
                              attn_implementation=attn_implementation, quant_type=quant_type,
@@ -62,11 +68,30 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
         raise InvalidSettingError(f"engine must be one of {ENGINES}, got {engine!r}")
     if device not in ("cuda", "cpu"):
         raise InvalidSettingError(f"device must be 'cuda' or 'cpu', got {device!r}")
-    resolved = resolve(model)
     gpu_spec = parse_gpu(gpu)
     compute = _engine(engine, device)
     result = compute(resolved, settings)
     return finish_plan(result, resolved, gpu_spec, lambda s: _analytic(resolved, s, device))
+
+
+_LORA_DEFAULTS = {"r": 16, "lora_alpha": 32, "target_modules": None, "use_rslora": False, "lora_dropout": 0.0}
+
+
+def _lora_defaults(module: Any, **given: Any) -> dict[str, Any]:
+    """Explicit values win; then the LoraConfig of a PeftModel; then the documented defaults."""
+    config = None
+    peft_config = getattr(module, "peft_config", None)
+    if isinstance(peft_config, dict) and peft_config:
+        config = peft_config.get(getattr(module, "active_adapter", "default")) or next(iter(peft_config.values()))
+    out = {}
+    for key, default in _LORA_DEFAULTS.items():
+        value = given[key]
+        if value is None and config is not None:
+            value = getattr(config, key, None)
+            if isinstance(value, (set, frozenset)):
+                value = sorted(value)
+        out[key] = default if value is None else value
+    return out
 
 
 def make_settings(**kw: Any) -> PlanSettings:
@@ -160,22 +185,28 @@ def finish_plan(result: MemoryPlan, resolved: ResolvedModel, gpu: GpuSpec | None
     result.fits = result.headroom_bytes >= 0
     s = result.settings
     result.max_batch_size = _largest(lambda b: analytic(replace(s, batch_size=b)).device_peak_bytes <= capacity)
-    result.max_seq_len = _largest(lambda n: analytic(replace(s, seq_len=n)).device_peak_bytes <= capacity)
+    max_pos = resolved.arch.extra.get("max_position_embeddings") or resolved.arch.extra.get("n_positions")
+    limit = int(max_pos) if max_pos else _MAX_SEARCH
+    result.max_seq_len = _largest(lambda n: analytic(replace(s, seq_len=n)).device_peak_bytes <= capacity,
+                                  limit=limit)
+    if max_pos and result.max_seq_len == limit:
+        result.notes.append(f"max seq len is capped at the model's max_position_embeddings ({limit}); more would fit")
     if s.mode != "fp32" and s.dtype == "bf16" and not gpu.bf16:
         result.notes.append(f"{gpu.name} has no bf16 support: load in fp16 (with fp16 mixed precision) or fp32")
     result.recommendation = recommend(result, analytic)
     return result
 
 
-def _largest(fits: Callable[[int], bool]) -> int:
-    """Largest n >= 1 with fits(n) (fits is monotone); 0 when even 1 does not fit."""
+def _largest(fits: Callable[[int], bool], limit: int = _MAX_SEARCH) -> int:
+    """Largest n in [1, limit] with fits(n) (fits is monotone); 0 when even 1 does not fit."""
     if not fits(1):
         return 0
+    if fits(limit):
+        return limit
     lo, hi = 1, 2
-    while hi <= _MAX_SEARCH and fits(hi):
+    while hi < limit and fits(hi):
         lo, hi = hi, hi * 2
-    if hi > _MAX_SEARCH:
-        return lo
+    hi = min(hi, limit)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
@@ -188,8 +219,13 @@ _LEVERS: tuple[Callable[[PlanSettings], PlanSettings | None], ...] = (
     lambda s: replace(s, mode="lora") if s.mode == "full" else None,
     lambda s: replace(s, mode="qlora") if s.mode == "lora" else None,
     lambda s: replace(s, optim="adamw_bnb_8bit") if s.mode == "full" and s.optim.startswith("adamw_torch") else None,
-    lambda s: replace(s, batch_size=s.batch_size // 2) if s.batch_size > 1 else None,
+    lambda s: replace(s, batch_size=_next_divisor(s.batch_size)) if s.batch_size > 1 else None,
 )
+
+
+def _next_divisor(n: int) -> int:
+    """The largest proper divisor of n: a micro-batch that keeps the effective batch with accumulation."""
+    return next(d for d in range(n // 2, 0, -1) if n % d == 0)
 _MODE_CHANGE = {"lora": "use LoRA instead of full fine-tuning (--mode lora)",
                 "qlora": "load the base in 4-bit (--mode qlora)"}
 

@@ -12,9 +12,9 @@ MIB = 1024**2
 _UNITS = {
     "": 1, "b": 1,
     "k": 1000, "kb": 1000, "kib": 1024,
-    "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
-    # Vendors sell "24 GB" cards that hold 24 GiB; users type either. "G"/"GB" follows the card
-    # label convention (GiB), "GiB" is exact; decimal gigabytes are available as "GBd" for pedants.
+    "m": 1024**2, "mb": 1024**2, "mib": 1024**2, "mbd": 1000**2,
+    # Vendors sell "24 GB" cards that hold 24 GiB; users type either. "G"/"GB" (and "M"/"MB") follow
+    # the card label convention (binary), "GiB" is exact; decimal units are available as "GBd"/"MBd".
     "g": GIB, "gb": GIB, "gib": GIB, "gbd": 1000**3,
     "t": 1024**4, "tb": 1024**4, "tib": 1024**4,
 }

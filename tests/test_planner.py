@@ -237,3 +237,55 @@ def test_lora_dropout_costs_a_mask_and_is_validated():
     assert dropped.settings.lora_dropout == 0.05
     with pytest.raises(InvalidSettingError):
         plan("gpt2", lora_dropout=1.5)
+
+
+def test_peft_model_lora_config_is_used_unless_overridden():
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lora_doctor.models import config_from_dict
+
+    model = get_peft_model(AutoModelForCausalLM.from_config(config_from_dict(TINY_LLAMA)),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    real = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    p = plan(model)
+    assert (p.settings.r, p.settings.lora_alpha, p.trainable_params) == (4, 8, real)
+    assert plan(model, r=8).trainable_params == 2 * real
+
+
+@pytest.mark.parametrize("targets", ["foo", ["qproj"], r"nothing\..*"])
+def test_targets_that_match_nothing_are_an_error_as_in_peft(targets):
+    with pytest.raises(InvalidSettingError) as info:
+        plan("meta-llama/Llama-2-7b-hf", target_modules=targets)
+    assert "q_proj" in str(info.value)
+
+
+def test_all_linear_is_case_insensitive():
+    assert plan("gpt2", target_modules="ALL-LINEAR").trainable_params == plan("gpt2", target_modules="all-linear").trainable_params
+
+
+def test_max_seq_len_is_capped_at_the_models_positions():
+    p = plan("gpt2", gpu="H200")
+    assert p.max_seq_len == 1024 and any("max_position_embeddings" in n for n in p.notes)
+
+
+def test_micro_batch_advice_keeps_the_effective_batch():
+    p = plan("meta-llama/Llama-2-7b-hf", gpu="24GB", batch_size=7, seq_len=4096, gradient_checkpointing=True)
+    assert not p.fits and "micro-batch 1 with 7x gradient accumulation" in p.recommendation
+
+
+@pytest.mark.parametrize("field,value", [("num_attention_heads", 0), ("num_attention_heads", 3),
+                                         ("hidden_size", "64"), ("hidden_size", -64)])
+def test_odd_config_values_are_one_clear_error(tmp_path, field, value):
+    (tmp_path / "config.json").write_text(json.dumps(dict(TINY_LLAMA, **{field: value})))
+    with pytest.raises(UnsupportedModelError) as info:
+        plan(str(tmp_path))
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400
+
+
+def test_three_dimensional_non_expert_weights_are_not_moe():
+    from transformers import AutoConfig
+
+    mamba = AutoConfig.for_model("mamba", hidden_size=32, num_hidden_layers=2, vocab_size=128, state_size=4)
+    p = plan(mamba, mode="full")
+    assert lora_doctor.models.resolve(mamba).arch.expert_params == 0 and p.total_params > 0

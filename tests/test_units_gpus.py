@@ -67,3 +67,15 @@ def test_auto_without_gpu_is_a_clear_error():
         assert "--gpu" in str(exc)
     else:  # a machine with a GPU: it must describe it
         assert spec.memory_bytes > 0
+
+
+def test_bare_small_number_is_not_silently_bytes():
+    with pytest.raises(InvalidGpuError) as info:
+        parse_gpu("24")
+    assert "24GB" in str(info.value)
+    with pytest.raises(InvalidGpuError):
+        parse_gpu(24)
+
+
+def test_megabytes_follow_the_binary_card_convention():
+    assert parse_gpu("16384MB").memory_bytes == 16 * GIB == parse_gpu("16GB").memory_bytes

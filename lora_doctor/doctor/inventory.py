@@ -127,7 +127,7 @@ def gather(model: Any) -> ModuleInventory:
         if _ADAPTER_PART.search(name):
             continue
         params.append(name)
-        if param.dim() == 3:
+        if param.dim() == 3 and "expert" in name.lower():   # Mamba's 3-D conv1d weight is not an expert
             experts.append((name, tuple(param.shape)))
     tied = bool(head is not None and inputs is not None and getattr(head, "weight", None) is not None
                 and head.weight is getattr(inputs, "weight", None))

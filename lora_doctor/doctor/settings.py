@@ -7,6 +7,8 @@ same attributes; ``quantization_config`` a ``BitsAndBytesConfig`` or a dict of i
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -73,6 +75,15 @@ class LoraSettings:
             problems.append(f"r must be a positive integer, got {self.r!r}")
         if not 0.0 <= float(self.lora_dropout) < 1.0:
             problems.append(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if not isinstance(self.lora_alpha, (int, float)) or isinstance(self.lora_alpha, bool) or self.lora_alpha <= 0:
+            problems.append(f"lora_alpha must be positive, got {self.lora_alpha!r}")
+        for name in ("target_modules", "exclude_modules"):
+            pattern = getattr(self, name)
+            if isinstance(pattern, str) and pattern.lower() != ALL_LINEAR:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    problems.append(f"{name} regex {pattern!r} does not compile: {exc}")
         if self.bias not in ("none", "all", "lora_only"):
             problems.append(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
         if problems:

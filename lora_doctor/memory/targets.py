@@ -21,8 +21,8 @@ def normalize_targets(target_modules: str | Sequence[str] | None) -> str | tuple
         return None
     if isinstance(target_modules, str):
         text = target_modules.strip()
-        if text == "all-linear":
-            return text
+        if text.lower() == "all-linear":  # peft compares case-insensitively
+            return "all-linear"
         if "," in text or re.fullmatch(r"[A-Za-z0-9_.]+", text):
             names = tuple(part.strip() for part in text.split(",") if part.strip())
             if not names:
@@ -58,4 +58,11 @@ def targeted_families(arch: ArchSpec, target_modules: str | Sequence[str] | None
         target = tuple(arch.default_targets)
     if target == "all-linear":
         return [f for f in arch.linear_families if f.scope != "head"]
-    return [f for f in arch.linear_families if _matches(target, f)]
+    found = [f for f in arch.linear_families if _matches(target, f)]
+    if not found:  # peft's get_peft_model raises here too
+        names = sorted({f.name for f in arch.linear_families})
+        raise InvalidSettingError(
+            f"target_modules {target_modules!r} matches no linear layer of this {arch.model_type} model; "
+            f"its linear layers are {', '.join(names)} (see `lora-doctor modules` / `lora-doctor check`)"
+        )
+    return found

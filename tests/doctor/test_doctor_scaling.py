@@ -64,3 +64,13 @@ def test_invalid_settings_are_reported_together():
         LoraSettings.from_any({"r": 0, "lora_dropout": 1.5, "bias": "some"})
     with pytest.raises(InvalidSettingError, match="unknown LoRA setting"):
         LoraSettings.from_any({"rank": 8})
+
+
+def test_bad_regex_and_negative_alpha_are_clear_errors():
+    from lora_doctor import InvalidSettingError, diagnose
+
+    with pytest.raises(InvalidSettingError) as info:
+        diagnose("gpt2", {"r": 8, "target_modules": "["})
+    assert "does not compile" in str(info.value)
+    with pytest.raises(InvalidSettingError):
+        diagnose("gpt2", {"r": 8, "lora_alpha": -4, "target_modules": ["c_attn"]})
