@@ -6,6 +6,8 @@ tensors for a loaded model), normalizes the settings, and hands plain data to th
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any
 
 from ..findings import Finding
@@ -95,6 +97,23 @@ def _summary(s: LoraSettings, inv: ModuleInventory, match: TargetMatch) -> dict:
     }
 
 
+def _as_peft_converts(settings: LoraSettings, model: Any) -> LoraSettings:
+    """peft (with transformers 5) rewrites targets of MoE models whose experts became fused 3-D parameters
+    (Mixtral's w1/w2/w3 -> target_parameters); check the config peft will actually use."""
+    try:
+        from peft.utils.transformers_weight_conversion import (
+            convert_peft_config_for_transformers, get_model_conversion_mapping,
+        )
+
+        config = settings.to_peft()
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        convert_peft_config_for_transformers(config, model=base, conversions=get_model_conversion_mapping(base))
+        converted = LoraSettings.from_any(config)
+    except Exception:  # an older peft without the conversion, or a config it cannot take: check as given
+        return settings
+    return dataclasses.replace(converted, explicit_targets=settings.explicit_targets)
+
+
 def diagnose(model: Any, lora_config: Any = None, *, training_args: Any = None, tokenizer: Any = None,
              quantization_config: Any = None, dry_run: bool = False, num_examples: int | None = None,
              dry_run_max_params: int = DEFAULT_MAX_PARAMS) -> DoctorReport:
@@ -112,7 +131,10 @@ def diagnose(model: Any, lora_config: Any = None, *, training_args: Any = None, 
                                      resolved.arch.default_targets)
     training = TrainingSettings.from_any(training_args)
     facts = gather_facts(module) if module is not None else None
-    inv = gather(module if module is not None else resolved.meta_model())
+    model_obj = module if module is not None else resolved.meta_model()
+    inv = gather(model_obj)
+    if inv.expert_params and not (facts is not None and facts.is_peft):
+        settings = _as_peft_converts(settings, model_obj)
     match = match_targets(settings, inv.modules)
 
     findings: list[Finding] = []

@@ -57,7 +57,7 @@ def _level(scale: float) -> str | None:
 
 def check_scale(s: LoraSettings, modules: list[str]) -> list[Finding]:
     default = (s.r, float(s.lora_alpha), effective_scale(s.r, s.lora_alpha, s.use_rslora))
-    per = module_scales(s, modules) if (s.rank_pattern or s.alpha_pattern) else {"*": default}
+    per = (module_scales(s, modules) if (s.rank_pattern or s.alpha_pattern) else {}) or {"*": default}
     formula = "lora_alpha / sqrt(r)" if s.use_rslora else "lora_alpha / r"
     grouped: dict[str, dict] = {}
     for name, values in per.items():

@@ -116,12 +116,23 @@ def test_fused_projection_noted(configs, model_type, target):
 
 
 def test_moe_experts_not_reached(configs):
-    f = only(diagnose(configs["mixtral"], {"target_modules": "all-linear"}), "moe-experts-not-targeted")
-    assert f.severity == "warning" and "mlp.experts.down_proj" in f.data["suggested"]
     assert only(diagnose(configs["mixtral"], {"target_modules": ["q_proj", "v_proj"]}),
                 "moe-experts-not-targeted").severity == "info"
     ok = diagnose(configs["mixtral"], {"target_modules": ["q_proj"], "target_parameters": ["mlp.experts.down_proj"]})
     assert "moe-experts-not-targeted" not in codes(ok)
+
+
+def test_moe_targets_follow_peft_conversion_for_fused_experts(configs):
+    """peft (transformers 5) maps "all-linear" and Mixtral's old w1/w2/w3 names onto the fused 3-D experts."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    for targets in ("all-linear", ["w1", "w2", "w3"]):
+        peft_model = get_peft_model(AutoModelForCausalLM.from_config(configs["mixtral"]),
+                                    LoraConfig(r=4, target_modules=targets))
+        assert peft_model.peft_config["default"].target_parameters  # real peft reaches the experts
+        report = diagnose(configs["mixtral"], {"target_modules": targets})
+        assert not {"moe-experts-not-targeted", "target-no-match", "target-unsupported-type"} & set(codes(report))
 
 
 def test_target_parameter_without_match(configs):
