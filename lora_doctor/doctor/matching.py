@@ -87,8 +87,9 @@ def match_targets(settings: LoraSettings, modules: list[ModuleEntry]) -> TargetM
         per = {p: [n for n in names if n == p or n.endswith(f".{p}")] for p in targets or ()}
     reached = {n for hits in per.values() for n in hits}
     list_form = not isinstance(targets, str)
+    exact = set(targets) if list_form and targets else set()   # peft: an exact key skips the layer filter
     matched = [n for n in names if n in reached and not _excluded(settings, n)
-               and (not list_form or _layer_ok(settings, n))]
+               and (not list_form or n in exact or _layer_ok(settings, n))]
     return TargetMatch(per, matched)
 
 

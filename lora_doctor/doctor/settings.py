@@ -84,6 +84,8 @@ class LoraSettings:
                     re.compile(pattern)
                 except re.error as exc:
                     problems.append(f"{name} regex {pattern!r} does not compile: {exc}")
+        if isinstance(self.target_modules, str) and self.layers_to_transform not in (None, []):
+            problems.append("layers_to_transform cannot be used when target_modules is a str (peft raises the same)")
         if self.bias not in ("none", "all", "lora_only"):
             problems.append(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
         if problems:

@@ -166,3 +166,24 @@ def test_matching_is_exactly_peft(model_type, lora):
     assert sorted(ours) == sorted(n.removeprefix("base_model.model.") for n in _peft_wrapped(peft_model))
     assert report.summary["matched_modules"] == len(ours)
 
+
+
+def test_layers_to_transform_edge_cases_agree_with_peft(configs):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lora_doctor import InvalidSettingError
+
+    kw = dict(target_modules=["model.layers.0.self_attn.q_proj", "v_proj"], layers_to_transform=[1])
+    peft_model = get_peft_model(AutoModelForCausalLM.from_config(configs["llama"]), LoraConfig(**kw))
+    real = sorted(n for n, m in peft_model.get_base_model().named_modules() if hasattr(m, "lora_A") and len(m.lora_A))
+    assert real == ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"]
+    from lora_doctor.doctor.inventory import gather
+    from lora_doctor.doctor.matching import match_targets
+    from lora_doctor.doctor.settings import LoraSettings
+
+    ours = match_targets(LoraSettings.from_any(kw), gather(AutoModelForCausalLM.from_config(configs["llama"])).modules)
+    assert sorted(ours.matched) == real  # an exact key skips the layer filter, as in peft
+    assert diagnose(configs["llama"], kw).summary["matched_modules"] == len(real)
+    with pytest.raises(InvalidSettingError):  # peft raises ValueError for a string target with layers_to_transform
+        diagnose(configs["llama"], dict(target_modules="all-linear", layers_to_transform=[1]))
