@@ -92,13 +92,14 @@ def run_case(name: str, model_id: str, kw: dict, smoke: bool) -> dict:
     from lora_doctor import plan
     from lora_doctor.catalog import lookup
     from lora_doctor.models import config_from_dict
+    from lora_doctor.torch_dtypes import torch_dtype
 
     device = "cpu" if smoke else "cuda"
     fields = SMOKE_CONFIG if smoke else lookup(model_id).config
     predicted = plan(fields, device=device, **kw)
     config = config_from_dict(fields)
     s = predicted.settings
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[s.dtype]
+    dtype = torch_dtype(s.dtype)
 
     before = _nvml_used() or 0
     if not smoke:

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from ..errors import WontFitError
 from ..findings import Finding
+from ..torch_dtypes import torch_dtype
 from ..units import format_bytes
 from .preflight import PreflightReport
 
-_COMPUTE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _enable_checkpointing(model: Any) -> None:
@@ -46,7 +44,7 @@ def apply_fallback(model: Any, report: PreflightReport) -> Finding | None:
         done.append("enabled gradient checkpointing (non-reentrant)")
     if "quantize_4bit" in decision.changed:
         s = decision.settings
-        conversion = quantize_base_linears(model, compute_dtype=_COMPUTE[compute], quant_type=s.quant_type,
+        conversion = quantize_base_linears(model, compute_dtype=torch_dtype(compute), quant_type=s.quant_type,
                                            double_quant=s.double_quant)
         done.append(f"converted {len(conversion.converted)} frozen base linears to 4-bit {s.quant_type.upper()} "
                     f"({compute} compute), freeing {format_bytes(conversion.freed_bytes)}")

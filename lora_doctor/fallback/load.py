@@ -100,7 +100,9 @@ def _load(model_id_or_path: Any, lora_config: Any, decision: FallbackDecision, s
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    compute = torch.bfloat16 if decision.compute_dtype == "bf16" else torch.float16
+    from ..torch_dtypes import torch_dtype  # lazily: planning without loading stays torch-free
+
+    compute = torch_dtype(decision.compute_dtype)
     kwargs = dict(kwargs)
     kwargs.setdefault("dtype", compute)
     kwargs.setdefault("device_map", {"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"})

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 
 from ..plan_types import PlanSettings
+from ..torch_dtypes import torch_dtype
 from .tracker import StorageTracker
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -47,7 +47,7 @@ def build_model(config: Any, settings: PlanSettings, workdir: str) -> Any:
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     torch.manual_seed(0)
-    dtype = _DTYPES[settings.dtype]
+    dtype = torch_dtype(settings.dtype)
     config._attn_implementation = settings.attn_implementation
     if settings.mode == "qlora":
         AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(workdir)

@@ -27,14 +27,10 @@ import torch.nn as nn
 
 from ..models import ResolvedModel
 from ..plan_types import PlanSettings
+from ..torch_dtypes import torch_dtype as dtype_of
 
 TensorFactory = Callable[[tuple, torch.dtype], torch.Tensor]
 
-DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32, "float32": torch.float32,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16,
-}
 # Attention kernels the trace can run on CPU; others are traced as their closest stand-in.
 ATTN_STAND_INS: dict[str, str] = {"flash_attention_2": "sdpa", "flash_attention_3": "sdpa", "flex_attention": "sdpa"}
 
@@ -51,9 +47,6 @@ class BuiltModel:
     targets: list[str] = field(default_factory=list)                    # adapted module name suffixes
     notes: list[str] = field(default_factory=list)
 
-
-def dtype_of(name: str) -> torch.dtype:
-    return DTYPES[name.lower()]
 
 
 def build_model(resolved: ResolvedModel, settings: PlanSettings, make: TensorFactory,

@@ -12,7 +12,8 @@ import torch
 
 from ..models import ResolvedModel
 from ..plan_types import TENSOR_TERMS, PlanSettings
-from .build import build_model, dtype_of
+from ..torch_dtypes import torch_dtype as dtype_of
+from .build import build_model
 from .modules import module_scope
 from .patches import real_batch_decisions
 from .step import PAGED, make_optimizer, prime_optimizer, optimizer_state_tensors, run_training_steps
