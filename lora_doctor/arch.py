@@ -62,6 +62,12 @@ class ArchSpec:
     extra: dict = field(default_factory=dict)
 
     @property
+    def max_positions(self) -> int | None:
+        """The longest sequence the position embeddings cover (None when the config does not say)."""
+        value = self.extra.get("max_position_embeddings") or self.extra.get("n_positions")
+        return int(value) if value else None
+
+    @property
     def linear_params(self) -> int:
         """Parameters in linear layers, excluding an output head that is tied to the embeddings."""
         return sum(f.params for f in self.linear_families if not (f.scope == "head" and self.tied_embeddings))

@@ -161,8 +161,8 @@ def _analytic(resolved: ResolvedModel, s: PlanSettings, device: str = "cuda") ->
     if s.attn_implementation == "sdpa" and not recipe.sdpa:
         notes.append(f"{resolved.arch.model_type} has no SDPA attention in transformers: planned with eager "
                      "attention (heads x seq x seq scores per layer); flash_attention_2 on a GPU avoids that")
-    max_pos = resolved.arch.extra.get("max_position_embeddings") or resolved.arch.extra.get("n_positions")
-    if max_pos and s.seq_len > int(max_pos):
+    max_pos = resolved.arch.max_positions
+    if max_pos and s.seq_len > max_pos:
         notes.append(f"seq_len {s.seq_len} exceeds the model's max_position_embeddings ({max_pos})")
     return MemoryPlan(
         model=resolved.name, settings=s, breakdown=breakdown, peak_bytes=int(peak),
@@ -185,8 +185,8 @@ def finish_plan(result: MemoryPlan, resolved: ResolvedModel, gpu: GpuSpec | None
     result.fits = result.headroom_bytes >= 0
     s = result.settings
     result.max_batch_size = _largest(lambda b: analytic(replace(s, batch_size=b)).device_peak_bytes <= capacity)
-    max_pos = resolved.arch.extra.get("max_position_embeddings") or resolved.arch.extra.get("n_positions")
-    limit = int(max_pos) if max_pos else _MAX_SEARCH
+    max_pos = resolved.arch.max_positions
+    limit = max_pos or _MAX_SEARCH
     result.max_seq_len = _largest(lambda n: analytic(replace(s, seq_len=n)).device_peak_bytes <= capacity,
                                   limit=limit)
     if max_pos and result.max_seq_len == limit:
@@ -219,13 +219,16 @@ _LEVERS: tuple[Callable[[PlanSettings], PlanSettings | None], ...] = (
     lambda s: replace(s, mode="lora") if s.mode == "full" else None,
     lambda s: replace(s, mode="qlora") if s.mode == "lora" else None,
     lambda s: replace(s, optim="adamw_bnb_8bit") if s.mode == "full" and s.optim.startswith("adamw_torch") else None,
-    lambda s: replace(s, batch_size=_next_divisor(s.batch_size)) if s.batch_size > 1 else None,
+    lambda s: replace(s, batch_size=micro_batch_sizes(s.batch_size)[0]) if s.batch_size > 1 else None,
 )
 
 
-def _next_divisor(n: int) -> int:
-    """The largest proper divisor of n: a micro-batch that keeps the effective batch with accumulation."""
-    return next(d for d in range(n // 2, 0, -1) if n % d == 0)
+def micro_batch_sizes(n: int) -> list[int]:
+    """Micro-batches that keep ``n`` as the effective batch with gradient accumulation, largest first
+    (the proper divisors of n)."""
+    return [d for d in range(n // 2, 0, -1) if n % d == 0]
+
+
 _MODE_CHANGE = {"lora": "use LoRA instead of full fine-tuning (--mode lora)",
                 "qlora": "load the base in 4-bit (--mode qlora)"}
 

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from ..errors import WontFitError
 from ..plan_types import MemoryPlan, PlanSettings
+from ..planner import micro_batch_sizes
 from ..units import format_bytes
 
 PlanFn = Callable[[PlanSettings], MemoryPlan]
@@ -103,11 +104,6 @@ class FallbackDecision:
         }
 
 
-def _divisors_below(n: int) -> list[int]:
-    """Micro-batch sizes that keep ``n`` as the effective batch, largest first (excluding n)."""
-    return [d for d in range(n - 1, 0, -1) if n % d == 0]
-
-
 def decide(settings: PlanSettings, capacity_bytes: int, plan_fn: PlanFn, *, compute_dtype: str = "bf16",
            allow_quantize: bool = True, allow_micro_batch: bool = True) -> FallbackDecision:
     """Pull levers in order until ``plan_fn(settings).device_peak_bytes <= capacity_bytes``.
@@ -138,7 +134,7 @@ def decide(settings: PlanSettings, capacity_bytes: int, plan_fn: PlanFn, *, comp
         if step("quantize_4bit", s, f"+ 4-bit {s.quant_type.upper()} base"
                                     f"{' (double quantization)' if s.double_quant else ''}, {compute_dtype} compute"):
             return decision
-    micro_steps = [(m, settings.batch_size // m) for m in _divisors_below(settings.batch_size) if allow_micro_batch]
+    micro_steps = [(m, settings.batch_size // m) for m in micro_batch_sizes(settings.batch_size) if allow_micro_batch]
     for i, (micro, accum) in enumerate(micro_steps):   # only the first that fits (or the last) is recorded
         trial = replace(s, batch_size=micro)
         if i < len(micro_steps) - 1 and plan_fn(trial).device_peak_bytes > capacity_bytes:
