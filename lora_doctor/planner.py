@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 from .errors import InvalidSettingError
 from .gpus import GpuSpec, parse_gpu
+from .memory.activations import RECIPES
 from .memory.analytic import step_peak
 from .memory.overhead import device_terms
 from .memory.tables import DTYPE_ALIASES, DTYPE_BYTES, OPTIMIZERS
@@ -155,8 +156,6 @@ def _analytic(resolved: ResolvedModel, s: PlanSettings, device: str = "cuda") ->
     if s.mode != "full":
         scale = s.lora_alpha / (s.r ** 0.5 if s.use_rslora else s.r)
     notes = list(totals.notes)
-    from .memory.activations import RECIPES
-
     recipe = RECIPES.get(resolved.arch.block, RECIPES["generic"])
     if s.attn_implementation == "sdpa" and not recipe.sdpa:
         notes.append(f"{resolved.arch.model_type} has no SDPA attention in transformers: planned with eager "

@@ -88,7 +88,8 @@ def _loss_of(output: Any) -> torch.Tensor | None:
 
 
 class LossProbe:
-    """The model's own loss of each training micro-batch, averaged per optimizer step."""
+    """The model's own loss of each training micro-batch, combined per optimizer step like the Trainer's
+    logged loss (summed under ``num_items_in_batch`` normalization, else averaged)."""
 
     def __init__(self) -> None:
         self._current: list[torch.Tensor] = []
