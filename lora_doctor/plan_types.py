@@ -24,6 +24,51 @@ TENSOR_TERMS = (
 DEVICE_TERMS = ("cuda_context", "allocator_reserve")
 
 
+TRAINERS = ("hf", "sft", "dpo", "grpo")
+STRATEGIES = ("ddp", "fsdp", "fsdp_grad_op", "zero1", "zero2", "zero3")
+OFFLOADS = ("optimizer", "all")
+
+
+@dataclass(frozen=True)
+class WorkloadSettings:
+    """What one optimizer step of the trainer does (the trainer axis; lora_doctor.workloads).
+
+    ``trainer="hf"`` is a plain ``transformers.Trainer`` step. TRL trainers (``"sft"``, ``"dpo"``,
+    ``"grpo"``) change the forward (fused LM head, chosen+rejected pairs, a reference forward, a
+    generation phase) and are modelled from the installed TRL version's defaults.
+    """
+
+    trainer: str = "hf"
+    fused_lm_head: bool | None = None     # None = the trainer's default in the installed TRL
+    options: tuple[tuple[str, Any], ...] = ()   # trainer-specific settings, sorted (name, value) pairs
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return dict(self.options).get(name, default)
+
+
+@dataclass(frozen=True)
+class ParallelSettings:
+    """How many GPUs hold one copy of the run and how the model states are split (lora_doctor.parallel)."""
+
+    num_gpus: int = 1
+    strategy: str | None = None           # None on one GPU; "ddp" is the default when num_gpus > 1
+    offload: str | None = None            # None, "optimizer" or "all" (ZeRO-Offload / FSDP CPU offload)
+    options: tuple[tuple[str, Any], ...] = ()   # strategy-specific settings (bucket sizes, ...), sorted pairs
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return dict(self.options).get(name, default)
+
+
+@dataclass(frozen=True)
+class InputSettings:
+    """Non-text inputs per sample (lora_doctor.inputs): images for vision-language models, audio for speech."""
+
+    images_per_sample: int = 0
+    image_size: tuple[int, int] | None = None    # (height, width) in pixels, before the processor resizes
+    image_tokens: int | None = None              # tokens per image when the user knows the count
+    audio_seconds: float | None = None
+
+
 @dataclass(frozen=True)
 class PlanSettings:
     """Every input of a plan, normalized (what ``lora_doctor.plan`` was called with)."""
@@ -43,6 +88,9 @@ class PlanSettings:
     attn_implementation: str = "sdpa"
     quant_type: str = "nf4"
     double_quant: bool = True
+    workload: WorkloadSettings = field(default_factory=WorkloadSettings)
+    parallel: ParallelSettings = field(default_factory=ParallelSettings)
+    inputs: InputSettings = field(default_factory=InputSettings)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +118,7 @@ class MemoryPlan:
     targets: list[str] = field(default_factory=list)   # resolved target family names
     notes: list[str] = field(default_factory=list)     # assumptions and caveats, human-readable
     recommendation: str | None = None
+    host_peak_bytes: int | None = None     # CPU RAM per node the run needs (offload), None when not modelled
     details: dict[str, Any] = field(default_factory=dict)  # engine-specific (phases, top tensors, ...)
 
     @property

@@ -289,3 +289,19 @@ def test_three_dimensional_non_expert_weights_are_not_moe():
     mamba = AutoConfig.for_model("mamba", hidden_size=32, num_hidden_layers=2, vocab_size=128, state_size=4)
     p = plan(mamba, mode="full")
     assert lora_doctor.models.resolve(mamba).arch.expert_params == 0 and p.total_params > 0
+
+
+def test_settings_axes_default_to_one_plain_step_on_one_gpu():
+    from lora_doctor.plan_types import InputSettings, ParallelSettings, WorkloadSettings
+
+    p = lora_doctor.plan("meta-llama/Llama-2-7b-hf", mode="lora")
+    assert p.settings.workload == WorkloadSettings(trainer="hf")
+    assert p.settings.parallel == ParallelSettings(num_gpus=1, strategy=None)
+    assert p.settings.inputs == InputSettings()
+
+
+@pytest.mark.parametrize("kwargs", [{"trainer": "ppo"}, {"strategy": "zero9", "num_gpus": 2}, {"num_gpus": 0},
+                                    {"offload": "disk"}, {"images_per_sample": -1}])
+def test_unknown_axis_values_are_one_clear_error(kwargs):
+    with pytest.raises(lora_doctor.InvalidSettingError):
+        lora_doctor.plan("meta-llama/Llama-2-7b-hf", **kwargs)

@@ -121,7 +121,7 @@ def test_models_without_sdpa_are_traced_with_eager_and_match_analytic():
     """Gemma-2 has no SDPA path: both engines plan eager attention and its soft-capping tensors."""
     from lora_doctor.memory.tables import CUBLAS_WORKSPACE_BYTES
     from lora_doctor.models import resolve
-    from lora_doctor.planner import _analytic
+    from lora_doctor.memory.engine import analytic_plan as _analytic
     from lora_doctor.trace import trace_step
 
     gemma = resolve(dict(model_type="gemma2", hidden_size=128, intermediate_size=352, num_hidden_layers=2,

@@ -27,7 +27,7 @@ CASES = list(itertools.product(MODELS, ("full", "lora", "qlora"), (256, 1024), (
 @pytest.fixture(scope="module")
 def sweep() -> dict[tuple, float]:
     from lora_doctor.memory.tables import CUBLAS_WORKSPACE_BYTES
-    from lora_doctor.planner import _analytic
+    from lora_doctor.memory.engine import analytic_plan as _analytic
     from lora_doctor.trace import trace_step
 
     resolved = {name: resolve(dict(cfg)) for name, cfg in MODELS.items()}

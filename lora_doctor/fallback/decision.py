@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from ..errors import WontFitError
 from ..plan_types import MemoryPlan, PlanSettings
-from ..planner import micro_batch_sizes
+from ..verdict import micro_batch_sizes
 from ..units import format_bytes
 
 PlanFn = Callable[[PlanSettings], MemoryPlan]

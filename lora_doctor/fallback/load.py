@@ -16,7 +16,9 @@ from ..errors import GpuNotAvailableError, InvalidSettingError
 from ..gpus import GpuSpec, parse_gpu
 from ..models import resolve
 from ..plan_types import MemoryPlan, PlanSettings
-from ..planner import finish_plan, make_settings, _analytic
+from ..memory.engine import analytic_plan
+from ..planner import make_settings
+from ..verdict import finish_plan
 from .decision import FallbackDecision, decide
 
 
@@ -62,7 +64,7 @@ def plan_function(model: Any, gpu: GpuSpec, device: str = "cuda") -> Callable[[P
     resolved = resolve(model)
 
     def plan_fn(s: PlanSettings) -> MemoryPlan:
-        return finish_plan(_analytic(resolved, s, device), resolved, gpu, lambda x: _analytic(resolved, x, device))
+        return finish_plan(analytic_plan(resolved, s, device), resolved, gpu, lambda x: analytic_plan(resolved, x, device))
 
     return plan_fn
 

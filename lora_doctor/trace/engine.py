@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from ..gpus import GpuSpec
+from ..memory.engine import analytic_plan, lora_scale
 from ..memory.overhead import device_terms
 from ..memory.tables import CUBLAS_WORKSPACE_BYTES
 from ..models import ResolvedModel
@@ -18,27 +18,22 @@ from .advice import shrink_advice
 from .run import TraceResult, trace_step
 
 
-def trace_plan(resolved: ResolvedModel, settings: PlanSettings, gpu: GpuSpec | None = None, *,
-               device: str = "cuda") -> MemoryPlan:
+def trace_plan(resolved: ResolvedModel, settings: PlanSettings, *, device: str = "cuda") -> MemoryPlan:
     """Trace one step of ``resolved`` with ``settings``; never raises for a model the trace can't run.
 
     ``device`` picks whose optimizer implementation runs: ``"cuda"`` (foreach, as on a GPU) or
-    ``"cpu"`` (per-tensor), to compare against a CPU measurement. With ``gpu`` the plan gets the
-    verdict and max batch / sequence search of :func:`lora_doctor.planner.finish_plan`.
+    ``"cpu"`` (per-tensor), to compare against a CPU measurement. The verdict is added above the
+    engines, by :func:`lora_doctor.verdict.finish_plan`.
     """
-    from ..planner import _analytic, finish_plan
-
     try:
         result = trace_step(resolved, settings, foreach=device == "cuda")
     except Exception as exc:  # any failure inside third-party model code: fall back, say why
-        plan = _analytic(resolved, settings, device)
+        plan = analytic_plan(resolved, settings, device)
         plan.notes.insert(0, f"trace failed ({type(exc).__name__}: {_first_line(exc)}); "
                              "showing the analytic estimate instead")
         plan.details["trace_error"] = f"{type(exc).__name__}: {_first_line(exc)}"
     else:
         plan = plan_from_trace(resolved, settings, result, device=device)
-    if gpu is not None:
-        plan = finish_plan(plan, resolved, gpu, lambda s: _analytic(resolved, s, device))
     return plan
 
 
@@ -50,9 +45,7 @@ def plan_from_trace(resolved: ResolvedModel, settings: PlanSettings, result: Tra
     breakdown["temporaries"] = breakdown.get("temporaries", 0) + workspace
     peak = result.peak_bytes + workspace
     overhead = device_terms(peak, breakdown.get("logits_and_loss", 0))
-    scale = None
-    if settings.mode != "full":
-        scale = settings.lora_alpha / (settings.r ** 0.5 if settings.use_rslora else settings.r)
+    scale = lora_scale(settings)
     advice = shrink_advice(result.breakdown, settings, result.peak_phase)
     details: dict[str, Any] = {
         "phases": {phase: total + workspace for phase, total in result.phase_peaks.items()},

@@ -1,0 +1,44 @@
+"""The analytic engine's entry point: ``analytic_plan(resolved, settings) -> MemoryPlan``.
+
+An engine only computes: it returns a :class:`~lora_doctor.MemoryPlan` without a GPU verdict. The
+verdict, the max batch / sequence search and the recommendation are added above the engines, by
+:mod:`lora_doctor.verdict`.
+"""
+
+from __future__ import annotations
+
+from ..models import ResolvedModel
+from ..plan_types import MemoryPlan, PlanSettings
+from .activations import RECIPES
+from .analytic import step_peak
+from .overhead import device_terms
+
+
+def lora_scale(s: PlanSettings) -> float | None:
+    """alpha / r (alpha / sqrt(r) with rsLoRA); None for full fine-tuning."""
+    if s.mode == "full":
+        return None
+    return s.lora_alpha / (s.r ** 0.5 if s.use_rslora else s.r)
+
+
+def analytic_plan(resolved: ResolvedModel, s: PlanSettings, device: str = "cuda") -> MemoryPlan:
+    """Closed-form peak of one training step of ``resolved`` under ``s`` (no verdict)."""
+    totals = step_peak(resolved.arch, s, device=device)
+    peak = sum(totals.breakdown.values())
+    overhead = device_terms(peak, totals.loss_bytes)
+    breakdown = dict(totals.breakdown, **overhead)
+    notes = list(totals.notes)
+    recipe = RECIPES.get(resolved.arch.block, RECIPES["generic"])
+    if s.attn_implementation == "sdpa" and not recipe.sdpa:
+        notes.append(f"{resolved.arch.model_type} has no SDPA attention in transformers: planned with eager "
+                     "attention (heads x seq x seq scores per layer); flash_attention_2 on a GPU avoids that")
+    max_pos = resolved.arch.max_positions
+    if max_pos and s.seq_len > max_pos:
+        notes.append(f"seq_len {s.seq_len} exceeds the model's max_position_embeddings ({max_pos})")
+    return MemoryPlan(
+        model=resolved.name, settings=s, breakdown=breakdown, peak_bytes=int(peak),
+        device_peak_bytes=int(peak + sum(overhead.values())), total_params=resolved.arch.total_params,
+        trainable_params=totals.trainable_params, engine="analytic", peak_phase=totals.phase,
+        lora_scale=lora_scale(s), targets=list(totals.targets), notes=notes,
+        details={"phases": totals.phases},
+    )
