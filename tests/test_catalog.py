@@ -38,8 +38,10 @@ ADDED = [  # issue #12, "catalog for today"
     "HuggingFaceTB/SmolLM2-1.7B-Instruct", "HuggingFaceTB/SmolLM3-3B", "allenai/OLMo-2-1124-7B",
     "allenai/OLMo-2-1124-13B", "allenai/OLMo-2-0325-32B", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
     "deepseek-ai/DeepSeek-R1-Distill-Llama-70B", "ibm-granite/granite-3.3-8b-instruct",
+    "openai/gpt-oss-120b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
 ]
-MULTIMODAL = ["google/gemma-3-4b-it", "google/gemma-3-12b-it", "google/gemma-3-27b-it", "llava-hf/llava-1.5-7b-hf"]
+MULTIMODAL = ["google/gemma-3-4b-it", "google/gemma-3-12b-it", "google/gemma-3-27b-it", "llava-hf/llava-1.5-7b-hf",
+              "openai/whisper-small", "openai/whisper-large-v3"]
 
 
 def test_catalog_has_every_required_model_and_at_least_60():
@@ -67,6 +69,8 @@ def test_moe_counts_are_the_published_totals_with_fused_experts():
     assert qwen.expert_params == 48 * 128 * 3 * 2048 * 768
     oss = lookup("openai/gpt-oss-20b").arch
     assert oss.total_params == 20_914_757_184 and oss.num_experts == 32 and oss.experts_per_token == 4
+    big = lookup("openai/gpt-oss-120b").arch
+    assert big.total_params == 116_829_156_672 and big.num_experts == 128 and big.experts_per_token == 4
 
 
 @pytest.mark.parametrize("model_id", ["meta-llama/Llama-2-7b-hf", "Qwen/Qwen2.5-0.5B", "openai-community/gpt2",
@@ -118,9 +122,24 @@ def test_catalog_matches_the_sources():
 @pytest.mark.parametrize("model_id", MULTIMODAL)
 def test_multimodal_configs_are_stored_for_issue_13_but_not_built(model_id):
     source = SOURCE_FILES[model_id]
-    assert source["multimodal"] is True and "vision_config" in source["config"]
-    assert source["published_params"]["value"] > 1e9
+    assert source["multimodal"] is True
+    assert "vision_config" in source["config"] or source["config"]["model_type"] == "whisper"
+    assert source["published_params"]["value"] > 1e8
     assert lookup(model_id) is None
+
+
+@pytest.mark.parametrize("model_id", ["openai/whisper-small", "openai/whisper-large-v3"])
+def test_stored_whisper_configs_build_to_the_published_count(model_id):
+    """Speech entries for issue #13: the stored config builds, on the meta device, to the published count."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSpeechSeq2Seq
+
+    source = SOURCE_FILES[model_id]
+    fields = {k: v for k, v in source["config"].items() if k not in ("_name_or_path", "torch_dtype", "transformers_version")}
+    config = AutoConfig.for_model(**fields)
+    with torch.device("meta"):
+        model = AutoModelForSpeechSeq2Seq.from_config(config)
+    assert sum(p.numel() for p in model.parameters()) == source["published_params"]["value"]
 
 
 def test_arch_buckets_add_up():
@@ -150,6 +169,8 @@ def test_lookup_is_case_insensitive_and_knows_aliases():
     ("phi4", "microsoft/phi-4"),
     ("smollm3", "HuggingFaceTB/SmolLM3-3B"),
     ("qwen3-30b-a3b", "Qwen/Qwen3-30B-A3B"),
+    ("gpt-oss-120B", "openai/gpt-oss-120b"),
+    ("DeepSeek-R1-Distill-Qwen-7b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"),
 ])
 def test_nearest_ids_suggests_the_typo_fix(typed, expected):
     assert nearest_ids(typed)[0] == expected
@@ -188,7 +209,8 @@ def test_catalog_command_filters_one_family(capsys):
 
     assert main(["catalog", "--json", "--family", "gpt-OSS"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [row["model"] for row in rows] == ["openai/gpt-oss-20b"] and rows[0]["moe"]
+    assert [row["model"] for row in rows] == ["openai/gpt-oss-120b", "openai/gpt-oss-20b"]
+    assert all(row["moe"] for row in rows)
     assert main(["catalog", "--family", "nope"]) == 2
     assert "pick one of" in capsys.readouterr().err
 
