@@ -41,7 +41,13 @@ ADDED = [  # issue #12, "catalog for today"
     "openai/gpt-oss-120b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
 ]
 MULTIMODAL = ["google/gemma-3-4b-it", "google/gemma-3-12b-it", "google/gemma-3-27b-it", "llava-hf/llava-1.5-7b-hf",
-              "openai/whisper-small", "openai/whisper-large-v3"]
+              "openai/whisper-small", "openai/whisper-large-v3", "Qwen/Qwen2.5-VL-3B-Instruct",
+              "Qwen/Qwen2.5-VL-7B-Instruct"]
+BUILT_MULTIMODAL = {  # stored for issue #13 with a config that builds, on the meta device, to its published count
+    "openai/whisper-small": "AutoModelForSpeechSeq2Seq", "openai/whisper-large-v3": "AutoModelForSpeechSeq2Seq",
+    "Qwen/Qwen2.5-VL-3B-Instruct": "AutoModelForImageTextToText",
+    "Qwen/Qwen2.5-VL-7B-Instruct": "AutoModelForImageTextToText",
+}
 
 
 def test_catalog_has_every_required_model_and_at_least_60():
@@ -128,17 +134,17 @@ def test_multimodal_configs_are_stored_for_issue_13_but_not_built(model_id):
     assert lookup(model_id) is None
 
 
-@pytest.mark.parametrize("model_id", ["openai/whisper-small", "openai/whisper-large-v3"])
-def test_stored_whisper_configs_build_to_the_published_count(model_id):
-    """Speech entries for issue #13: the stored config builds, on the meta device, to the published count."""
+@pytest.mark.parametrize("model_id", sorted(BUILT_MULTIMODAL))
+def test_stored_multimodal_configs_build_to_the_published_count(model_id):
+    """Speech and vision entries for issue #13: the stored config builds, on the meta device, to the published count."""
     import torch
-    from transformers import AutoConfig, AutoModelForSpeechSeq2Seq
+    import transformers
 
     source = SOURCE_FILES[model_id]
     fields = {k: v for k, v in source["config"].items() if k not in ("_name_or_path", "torch_dtype", "transformers_version")}
-    config = AutoConfig.for_model(**fields)
+    config = transformers.AutoConfig.for_model(**fields)
     with torch.device("meta"):
-        model = AutoModelForSpeechSeq2Seq.from_config(config)
+        model = getattr(transformers, BUILT_MULTIMODAL[model_id]).from_config(config)
     assert sum(p.numel() for p in model.parameters()) == source["published_params"]["value"]
 
 
