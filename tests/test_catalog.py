@@ -38,7 +38,7 @@ ADDED = [  # issue #12, "catalog for today"
     "HuggingFaceTB/SmolLM2-1.7B-Instruct", "HuggingFaceTB/SmolLM3-3B", "allenai/OLMo-2-1124-7B",
     "allenai/OLMo-2-1124-13B", "allenai/OLMo-2-0325-32B", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
     "deepseek-ai/DeepSeek-R1-Distill-Llama-70B", "ibm-granite/granite-3.3-8b-instruct",
-    "openai/gpt-oss-120b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
+    "openai/gpt-oss-120b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "mistralai/Mistral-Small-24B-Instruct-2501",
 ]
 MULTIMODAL = ["google/gemma-3-4b-it", "google/gemma-3-12b-it", "google/gemma-3-27b-it", "llava-hf/llava-1.5-7b-hf",
               "openai/whisper-small", "openai/whisper-large-v3", "Qwen/Qwen2.5-VL-3B-Instruct",
@@ -160,6 +160,7 @@ def test_lookup_is_case_insensitive_and_knows_aliases():
     assert lookup("meta-llama/Llama-2-7b-chat-hf").model_id == "meta-llama/Llama-2-7b-hf"
     assert lookup("Qwen/Qwen3-8b").model_id == "Qwen/Qwen3-8B"
     assert lookup("Qwen/Qwen3-8B-Base").model_id == "Qwen/Qwen3-8B"
+    assert lookup("mistralai/Mistral-Small-24B-Base-2501").model_id == "mistralai/Mistral-Small-24B-Instruct-2501"
     assert lookup("no/such-model") is None
 
 
@@ -177,6 +178,7 @@ def test_lookup_is_case_insensitive_and_knows_aliases():
     ("qwen3-30b-a3b", "Qwen/Qwen3-30B-A3B"),
     ("gpt-oss-120B", "openai/gpt-oss-120b"),
     ("DeepSeek-R1-Distill-Qwen-7b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"),
+    ("mistral-small-24b", "mistralai/Mistral-Small-24B-Base-2501"),
 ])
 def test_nearest_ids_suggests_the_typo_fix(typed, expected):
     assert nearest_ids(typed)[0] == expected
