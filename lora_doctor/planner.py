@@ -79,6 +79,9 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
                              double_quant=double_quant, workload=workload, parallel=parallel, inputs=inputs)
     if engine not in ENGINES:
         raise InvalidSettingError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "trace" and parallel.strategy is not None:
+        raise InvalidSettingError("the trace engine plans one GPU; plan several GPUs (num_gpus, strategy, offload) "
+                                  "with engine='analytic'")
     if device not in ("cuda", "cpu"):
         raise InvalidSettingError(f"device must be 'cuda' or 'cpu', got {device!r}")
     compute = _engine(engine, device)
