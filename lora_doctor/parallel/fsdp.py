@@ -6,7 +6,8 @@ Per GPU, with N ranks (``torch.distributed.fsdp._fully_shard``):
 * the root unit (embeddings, head, final norm: everything not in a wrapped decoder layer) stays
   all-gathered from the start of forward to the end of backward (``fully_shard`` resolves the
   root's ``reshard_after_forward`` to False);
-* during backward, one decoder layer is all-gathered and the next one is prefetched
+* backward starts with the last layer already gathered (the root prefetches it); during backward,
+  one decoder layer is all-gathered and the next one is prefetched
   (``_backward_prefetch``), and its unsharded gradients are copied into a flat reduce-scatter input
   (``foreach_reduce``): 2 gathered layers + 2 copies of one layer's gradients;
 * ``fsdp_grad_op`` (SHARD_GRAD_OP, ``reshard_after_forward=False``) keeps every layer gathered
@@ -55,7 +56,8 @@ def fsdp(ctx: Context) -> PerGpu:
     unit_grad = gradients * layer_share
     root_grad = gradients * ctx.root_params / total if ctx.full else 0
     grad_op = ctx.s.parallel.strategy == "fsdp_grad_op"
-    forward_held = gather_total if grad_op else root
+    # backward starts with the root's pre-backward prefetching the last layer (_backward_prefetch)
+    forward_held = gather_total if grad_op else root + unit
     backward_held = (gather_total if grad_op else root + 2 * unit) + max(2 * unit_grad, 2 * root_grad)
     buffers = {"backward_start": forward_held, "backward_end": backward_held, "optimizer_step": 0}
 
