@@ -54,7 +54,8 @@ class Context:
         """Parameters of one decoder layer (one FSDP unit, one ZeRO-3 gather): linears, experts, norms."""
         decoder = sum(f.params for f in self.arch.linear_families if f.scope not in ("head",))
         layers = max(self.arch.num_layers, 1)
-        return (decoder + self.arch.expert_params + self.arch.other_params) // layers
+        norms = max(self.arch.other_params - self.arch.hidden_size, 0)   # all but the final norm
+        return (decoder + self.arch.expert_params + norms) // layers
 
     @property
     def root_params(self) -> int:
