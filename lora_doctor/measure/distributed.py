@@ -52,14 +52,14 @@ DIST_CASES: tuple[DistCase, ...] = (
 CASES_BY_NAME = {c.name: c for c in DIST_CASES}
 
 
-def run_case(case: DistCase, nproc: int, *, timeout: float = 300) -> list[dict[str, Any]]:
+def run_case(case: DistCase, nproc: int, *, timeout: float = 300, runner: str | None = None) -> list[dict[str, Any]]:
     """Run ``case`` on ``nproc`` CPU ranks under torchrun; one result dict per rank (peak_bytes, ...)."""
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
                PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "lora_doctor.measure.distributed", case.name, out]
+               "-m", "lora_doctor.measure.distributed", case.name, out] + ([runner] if runner else [])
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"torchrun failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -73,7 +73,7 @@ def _ddp(case: DistCase) -> dict[str, Any]:
     return {"peak_bytes": run.peak_bytes, "peak_phase": run.peak_phase, "phase_peaks": run.phase_peaks}
 
 
-def _fsdp(case: DistCase, steps: int = 2) -> dict[str, Any]:
+def _fsdp(case: DistCase, steps: int = 2, *, torch_tracker: bool = False) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
@@ -91,6 +91,8 @@ def _fsdp(case: DistCase, steps: int = 2) -> dict[str, Any]:
     fully_shard(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     g = torch.Generator().manual_seed(dist.get_rank())
+    if torch_tracker:
+        return _fsdp_mem_tracker(model, optimizer, config, s, g, steps)
     tracker = StorageTracker(keep_top=int(os.environ.get("LORA_DOCTOR_KEEP_TOP", "0")))
     tracker.register(model.parameters(), "weights")
     tracker.register(model.buffers(), "weights")
@@ -110,19 +112,39 @@ def _fsdp(case: DistCase, steps: int = 2) -> dict[str, Any]:
             "peak_by_category": tracker.peak_by_category, "top": top}
 
 
-_RUNNERS = {"ddp": _ddp, "fsdp": _fsdp}
+def _fsdp_mem_tracker(model: Any, optimizer: Any, config: Any, s: PlanSettings, g: Any, steps: int) -> dict[str, Any]:
+    """The same FSDP2 loop under torch's own ``FSDPMemTracker`` (an anchor for our tracker)."""
+    import torch
+    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+
+    tracker = FSDPMemTracker(model, optimizer)
+    with tracker:
+        for _ in range(steps):
+            ids = torch.randint(0, config.vocab_size, (s.batch_size, s.seq_len), generator=g)
+            model(input_ids=ids, labels=ids).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    peak = tracker.get_tracker_snapshot("peak")
+    by_device = {str(dev): {str(k): int(v) for k, v in stats.items()} for dev, stats in peak.items()}
+    total = max(stats.get("Total", 0) for stats in by_device.values())
+    return {"peak_bytes": total, "peak_phase": "", "phase_peaks": {}, "torch_snapshot": by_device}
+
+
+_RUNNERS = {"ddp": _ddp, "fsdp": _fsdp,
+            "fsdp-torch-tracker": lambda case: _fsdp(case, torch_tracker=True)}
 
 
 def main(argv: list[str]) -> int:
     import torch.distributed as dist
 
-    name, out = argv
+    name, out = argv[:2]
+    runner = argv[2] if len(argv) > 2 else None   # "fsdp-torch-tracker": measure with torch's FSDPMemTracker
     case = CASES_BY_NAME[name]
     world = int(os.environ["WORLD_SIZE"])
     case = replace(case, settings=replace(case.settings, parallel=replace(case.settings.parallel, num_gpus=world)))
     if not dist.is_initialized() and case.settings.parallel.strategy != "ddp":
         dist.init_process_group("gloo")
-    result = _RUNNERS[case.settings.parallel.strategy](case)
+    result = _RUNNERS[runner or case.settings.parallel.strategy](case)
     rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
     Path(out, f"rank{rank}.json").write_text(json.dumps(dict(result, rank=rank, world_size=world)))
     if dist.is_initialized():

@@ -47,7 +47,8 @@ def analytic_plan(resolved: ResolvedModel, s: PlanSettings, device: str = "cuda"
         device_peak_bytes=int(peak + sum(overhead.values())), total_params=resolved.arch.total_params,
         trainable_params=totals.trainable_params, engine="analytic", peak_phase=totals.phase,
         lora_scale=lora_scale(s), targets=list(totals.targets), notes=notes,
-        details={"phases": totals.phases}, host_peak_bytes=host_bytes,
+        details={"phases": totals.phases, **({"phase_breakdowns": totals.phase_breakdowns} if parallel_notes else {})},
+        host_peak_bytes=host_bytes,
     )
 
 
