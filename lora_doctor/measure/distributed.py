@@ -119,11 +119,13 @@ def _fsdp_mem_tracker(model: Any, optimizer: Any, config: Any, s: PlanSettings, 
 
     tracker = FSDPMemTracker(model, optimizer)
     with tracker:
-        for _ in range(steps):
+        for step in range(steps):
             ids = torch.randint(0, config.vocab_size, (s.batch_size, s.seq_len), generator=g)
             model(input_ids=ids, labels=ids).loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if step == 0:
+                tracker.reset_mod_stats()   # it refuses a second iteration otherwise (torch's own example)
     peak = tracker.get_tracker_snapshot("peak")
     by_device = {str(dev): {str(k): int(v) for k, v in stats.items()} for dev, stats in peak.items()}
     total = max(stats.get("Total", 0) for stats in by_device.values())
