@@ -75,6 +75,7 @@ def anchors(n: int = 8) -> None:
 
 
 def fsdp_tracker() -> None:
+    from lora_doctor.measure.cases import TINY_CONFIGS
     from lora_doctor.measure.distributed import CASES_BY_NAME, run_case
 
     for name in ("fsdp full fp32 adamw", "fsdp lora all-linear fp32"):
@@ -83,8 +84,7 @@ def fsdp_tracker() -> None:
         ours = max(r["peak_bytes"] for r in run_case(case, 2))
         torch_ranks = run_case(case, 2, runner="fsdp-torch-tracker")
         theirs = max(r["peak_bytes"] for r in torch_ranks)
-        p = plan(dict(__import__("lora_doctor.measure.cases", fromlist=["TINY_CONFIGS"]).TINY_CONFIGS[case.model]),
-                 mode=s.mode, dtype=s.dtype, seq_len=s.seq_len, batch_size=s.batch_size,
+        p = plan(TINY_CONFIGS[case.model], mode=s.mode, dtype=s.dtype, seq_len=s.seq_len, batch_size=s.batch_size,
                  target_modules=s.target_modules, num_gpus=2, strategy="fsdp", device="cpu")
         print(f"{name}: FSDPMemTracker {theirs / 2**20:.2f} MiB, StorageTracker {ours / 2**20:.2f} MiB, "
               f"plan {p.peak_bytes / 2**20:.2f} MiB; torch snapshot {torch_ranks[0]['torch_snapshot']}")
