@@ -73,7 +73,9 @@ def test_help_has_examples(capsys):
 def test_catalog_command(capsys):
     assert main(["catalog", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert {"model": "meta-llama/Llama-2-7b-hf", "model_type": "llama", "params": 6_738_415_616} in rows
+    llama = next(row for row in rows if row["model"] == "meta-llama/Llama-2-7b-hf")
+    assert llama == {"model": "meta-llama/Llama-2-7b-hf", "family": "Llama", "model_type": "llama",
+                     "params": 6_738_415_616, "moe": False}
 
 
 def test_no_command_prints_help(capsys):
