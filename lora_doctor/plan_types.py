@@ -20,6 +20,7 @@ TENSOR_TERMS = (
     "activations",         # tensors saved for backward, alive at the peak
     "logits_and_loss",     # [batch, seq, vocab] logits, fp32 upcast, log-softmax and their gradients
     "temporaries",         # the largest transient set at the peak (4-bit dequantization, optimizer scratch, ...)
+    "parallel_buffers",    # several GPUs: DDP gradient buckets, FSDP/ZeRO gathered parameters and reduce buffers
 )
 DEVICE_TERMS = ("cuda_context", "allocator_reserve")
 

@@ -34,6 +34,7 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
          quant_type: str = "nf4", double_quant: bool = True, engine: str = "analytic",
          device: str = "cuda", trainer: str = "hf", fused_lm_head: bool | None = None,
          num_gpus: int | None = None, strategy: str | None = None, offload: str | None = None,
+         parallel_options: "dict[str, Any] | None" = None,
          images_per_sample: int = 0, image_size: "tuple[int, int] | None" = None,
          image_tokens: int | None = None, audio_seconds: float | None = None) -> MemoryPlan:
     """Predict the peak memory of one training step.
@@ -58,7 +59,11 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
         trainer, fused_lm_head: the trainer whose step is planned (the workload axis,
             :mod:`lora_doctor.workloads`).
         num_gpus, strategy, offload: the parallel axis (:mod:`lora_doctor.parallel`); ``peak_bytes`` is
-            per GPU. ``num_gpus`` defaults to the GPU spec's count (``gpu="8xH100"``).
+            per GPU. ``num_gpus`` defaults to the GPU spec's count (``gpu="8xH100"``). ``strategy``:
+            ``"ddp"`` (default for several GPUs), ``"fsdp"``, ``"fsdp_grad_op"``, ``"zero1"``-``"zero3"``;
+            ``offload``: None, ``"optimizer"`` or ``"all"`` (``plan.host_peak_bytes``: CPU RAM per node).
+        parallel_options: strategy details such as DeepSpeed bucket sizes or ``gradient_as_bucket_view``;
+            :mod:`lora_doctor.parallel.launch` reads them (and the three above) from launch configs.
         images_per_sample, image_size, image_tokens, audio_seconds: the input axis
             (:mod:`lora_doctor.inputs`).
 
@@ -67,7 +72,8 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
     """
     gpu_spec = parse_gpu(gpu)
     workload = make_workload(trainer, fused_lm_head)
-    parallel = make_parallel(num_gpus, strategy, offload, gpu_count=gpu_spec.count if gpu_spec else 1)
+    parallel = make_parallel(num_gpus, strategy, offload, gpu_count=gpu_spec.count if gpu_spec else 1,
+                             **(parallel_options or {}))
     inputs = make_inputs(images_per_sample, image_size, image_tokens, audio_seconds)
     resolved = resolve(model)
     lora = _lora_defaults(resolved.module, r=r, lora_alpha=lora_alpha, target_modules=target_modules,
@@ -79,6 +85,9 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
                              double_quant=double_quant, workload=workload, parallel=parallel, inputs=inputs)
     if engine not in ENGINES:
         raise InvalidSettingError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "trace" and parallel.strategy is not None:
+        raise InvalidSettingError("the trace engine plans one GPU; plan several GPUs (num_gpus, strategy, offload) "
+                                  "with engine='analytic'")
     if device not in ("cuda", "cpu"):
         raise InvalidSettingError(f"device must be 'cuda' or 'cpu', got {device!r}")
     compute = _engine(engine, device)

@@ -26,7 +26,8 @@ def plan_table(plans: Sequence[MemoryPlan], *, ascii_only: bool = False) -> Tabl
     s = first.settings
     title = (f"{first.model}  batch {s.batch_size} x seq {s.seq_len}, {s.dtype} weights"
              f"{', ' + s.mixed_precision + ' autocast' if s.mixed_precision else ''}, {s.optim}"
-             f"{', grad. checkpointing' if s.gradient_checkpointing else ''}, {s.attn_implementation}")
+             f"{', grad. checkpointing' if s.gradient_checkpointing else ''}, {s.attn_implementation}"
+             f"{_parallel_title(s)}")
     table = Table(title=title, box=box.ASCII if ascii_only else box.SIMPLE_HEAVY, title_justify="left")
     table.add_column("term")
     for p in plans:
@@ -42,6 +43,8 @@ def plan_table(plans: Sequence[MemoryPlan], *, ascii_only: bool = False) -> Tabl
     table.add_row(Text("device peak (nvidia-smi)", style="bold"),
                   *[Text(_gib(p.device_peak_bytes), style="bold") for p in plans], end_section=True)
     table.add_row("peak phase", *[p.peak_phase.replace("_", " ") for p in plans])
+    if any(p.host_peak_bytes for p in plans):
+        table.add_row("CPU RAM per node (offload)", *[_gib(p.host_peak_bytes or 0) for p in plans])
     if first.gpu is not None:
         table.add_row(f"fits on {first.gpu.name} ({_gib(first.gpu.memory_bytes)})",
                       *[Text("yes", style="green") if p.fits else Text("NO", style="bold red") for p in plans])
@@ -49,6 +52,13 @@ def plan_table(plans: Sequence[MemoryPlan], *, ascii_only: bool = False) -> Tabl
         table.add_row(f"max micro-batch at seq {s.seq_len}", *[str(p.max_batch_size) for p in plans])
         table.add_row(f"max seq len at batch {s.batch_size}", *[str(p.max_seq_len) for p in plans])
     return table
+
+
+def _parallel_title(s) -> str:  # noqa: ANN001
+    par = s.parallel
+    if par.strategy is None:
+        return ""
+    return f"; per GPU of {par.num_gpus}, {par.strategy}" + (f" + offload {par.offload}" if par.offload else "")
 
 
 def gpu_ladder(plans: Sequence[MemoryPlan], *, ascii_only: bool = False) -> Table:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
+from .errors import LoraDoctorError
 from .gpus import GpuSpec
 from .models import ResolvedModel
 from .plan_types import MemoryPlan, PlanSettings
@@ -58,9 +59,18 @@ def _largest(fits: Callable[[int], bool], limit: int = _MAX_SEARCH) -> int:
     return lo
 
 
-# Levers in the order we suggest them: cheapest in quality and speed first.
+def _parallel(s: PlanSettings, **changes: object) -> PlanSettings:
+    return replace(s, parallel=replace(s.parallel, **changes))
+
+
+# Levers in the order we suggest them: cheapest in quality and speed first. Sharding (on the GPUs the
+# run already has) keeps the quality of the run, so it comes before LoRA / 4-bit.
 _LEVERS: tuple[Callable[[PlanSettings], PlanSettings | None], ...] = (
     lambda s: None if s.gradient_checkpointing else replace(s, gradient_checkpointing=True),
+    lambda s: _parallel(s, strategy="zero3") if s.parallel.num_gpus > 1 and s.parallel.strategy in (
+        "ddp", "zero1", "zero2", "fsdp_grad_op") else None,
+    lambda s: _parallel(s, strategy="zero3", offload="optimizer") if s.parallel.num_gpus > 1 and not s.parallel.offload
+    and s.parallel.strategy in ("zero3", "fsdp") else None,
     lambda s: replace(s, mode="lora") if s.mode == "full" else None,
     lambda s: replace(s, mode="qlora") if s.mode == "lora" else None,
     lambda s: replace(s, optim="adamw_bnb_8bit") if s.mode == "full" and s.optim.startswith("adamw_torch") else None,
@@ -86,6 +96,8 @@ def describe_changes(before: PlanSettings, after: PlanSettings) -> str:
     if after.mode != before.mode:
         parts.append(_MODE_CHANGE[after.mode] if after.mode != "qlora" or before.mode == "lora"
                      else f"{_MODE_CHANGE['lora']} with a 4-bit base (--mode qlora)")
+    if after.parallel != before.parallel:
+        parts.append(_describe_parallel(after, before.parallel.num_gpus != after.parallel.num_gpus))
     if after.optim != before.optim:
         parts.append(f"use an 8-bit optimizer (--optim {after.optim})")
     if after.batch_size < before.batch_size:
@@ -94,7 +106,62 @@ def describe_changes(before: PlanSettings, after: PlanSettings) -> str:
     return " + ".join(parts)
 
 
+def _describe_parallel(s: PlanSettings, count: bool) -> str:
+    p = s.parallel
+    flags = f"--strategy {p.strategy}" + (f" --offload {p.offload}" if p.offload else "")
+    where = f"{p.num_gpus} GPUs with " if count else ""
+    return f"{where}{p.strategy}{' + offload ' + p.offload if p.offload else ''} ({flags})"
+
+
 def recommend(result: MemoryPlan, analytic: Callable[[PlanSettings], MemoryPlan]) -> str:
+    """What to change so the run fits; never raises (a lever that cannot be planned is skipped)."""
+
+    def safe(s: PlanSettings) -> MemoryPlan | None:
+        try:
+            return analytic(s)
+        except LoraDoctorError:
+            return None
+
+    text = _recommend(result, safe)
+    if not result.fits:
+        more = scale_out(result, safe)
+        if more:
+            text += " " + more
+    return text
+
+
+# Ways to spread the same run over more GPUs, fastest first: (strategy, offload).
+SCALE_OUT: tuple[tuple[str, str | None], ...] = (
+    ("zero2", None), ("fsdp", None), ("zero3", None), ("zero3", "optimizer"), ("zero3", "all"),
+)
+GPU_COUNTS = (2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def scale_out(result: MemoryPlan, analytic: Callable[[PlanSettings], "MemoryPlan | None"]) -> str | None:
+    """How many GPUs of this kind the unchanged run needs, with which strategy and offload."""
+    gpu = result.gpu
+    assert gpu is not None
+    options: list[tuple[int, str, MemoryPlan]] = []
+    for strategy, offload in SCALE_OUT:
+        for n in (c for c in GPU_COUNTS if c >= result.settings.parallel.num_gpus):
+            s = _parallel(result.settings, num_gpus=n, strategy=strategy, offload=offload)
+            trial = analytic(s)
+            if trial is not None and trial.device_peak_bytes <= gpu.memory_bytes:
+                options.append((n, _describe_parallel(s, False), trial))
+                break
+    if not options:
+        return None
+    fewest = min(n for n, _, _ in options)
+    first = options[0]      # the fastest strategy that fits at all
+    picks = [first] + [o for o in options if o[0] == fewest and o[0] < first[0]][:1]
+    parts = []
+    for n, how, trial in picks:
+        host = f", {format_bytes(trial.host_peak_bytes)} CPU RAM per node" if trial.host_peak_bytes else ""
+        parts.append(f"{n}x {gpu.name} with {how} -> {format_bytes(trial.device_peak_bytes)} per GPU{host}")
+    return "Without changing the run: needs " + ", or ".join(parts) + "."
+
+
+def _recommend(result: MemoryPlan, analytic: Callable[[PlanSettings], "MemoryPlan | None"]) -> str:
     gpu = result.gpu
     assert gpu is not None
     if result.fits:
@@ -108,7 +175,8 @@ def recommend(result: MemoryPlan, analytic: Callable[[PlanSettings], MemoryPlan]
     original = result.settings
     for lever in _LEVERS:  # one lever alone, in order of preference
         changed = lever(original)
-        if changed is not None and (trial := analytic(changed)).device_peak_bytes <= gpu.memory_bytes:
+        if changed is not None and (trial := analytic(changed)) is not None \
+                and trial.device_peak_bytes <= gpu.memory_bytes:
             return f"{head} To fit: {describe_changes(original, changed)} -> {format_bytes(trial.device_peak_bytes)}."
     s = original
     while True:  # otherwise stack them
@@ -117,7 +185,7 @@ def recommend(result: MemoryPlan, analytic: Callable[[PlanSettings], MemoryPlan]
             break
         s = s_next
         trial = analytic(s)
-        if trial.device_peak_bytes <= gpu.memory_bytes:
+        if trial is not None and trial.device_peak_bytes <= gpu.memory_bytes:
             return f"{head} To fit: {describe_changes(original, s)} -> {format_bytes(trial.device_peak_bytes)}."
     return (f"{head} Nothing fits even with {describe_changes(original, s) or 'the usual levers'}: "
             "use a larger GPU or shorter sequences.")

@@ -6,12 +6,23 @@ import argparse
 import json
 import sys
 
+from ..plan_types import OFFLOADS, STRATEGIES
+
 EPILOG = """\
 examples:
   lora-doctor plan meta-llama/Llama-2-7b-hf --gpu 24GB
   lora-doctor plan meta-llama/Meta-Llama-3-8B --mode qlora --seq-len 4096 --gradient-checkpointing --gpu RTX3090
   lora-doctor plan Qwen/Qwen2.5-7B --target-modules all-linear --r 64 --alpha 16 --gpu A100-80GB --json
   lora-doctor plan ./checkpoints/my-model --gpu auto          (a local directory or config.json)
+  lora-doctor plan meta-llama/Llama-2-70b-hf --mode full --gpu 8xA100-80GB --strategy zero3 --offload optimizer
+  lora-doctor plan meta-llama/Llama-2-7b-hf --mode full --gpu 2x24GB --strategy fsdp
+  lora-doctor plan meta-llama/Llama-2-7b-hf --mode full --gpu H100 --deepspeed ds_config.json --num-gpus 4
+  lora-doctor plan meta-llama/Llama-2-7b-hf --gpu A100-80GB --accelerate-config ~/.cache/huggingface/accelerate/default_config.yaml
+
+Several GPUs: memory is per GPU. --gpu 8xH100 / 2x24GB sets the count (or --num-gpus); --strategy is
+ddp (default), fsdp (FULL_SHARD), fsdp_grad_op (SHARD_GRAD_OP), zero1, zero2 or zero3; --offload
+optimizer or all adds the CPU RAM per node. --deepspeed / --accelerate-config read all of that from
+the launch config (explicit flags win).
 
 GPU: a size (24GB, 24GiB, 80G, bytes), a name (RTX3090, 4090, T4, L4, A10G, A100-40GB, A100-80GB,
 H100, H200, ...) or 'auto' (the local GPU via NVML). GB means GiB, as on GPU spec sheets.
@@ -43,21 +54,42 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="attention implementation (default sdpa)")
     p.add_argument("--quant-type", default="nf4", choices=("nf4", "fp4"), help="QLoRA 4-bit type")
     p.add_argument("--no-double-quant", action="store_true", help="QLoRA without double quantization")
+    p.add_argument("--num-gpus", type=int, help="GPUs the run is spread over (default: the count in --gpu, else 1)")
+    p.add_argument("--strategy", choices=STRATEGIES, help="how several GPUs split the run (default ddp)")
+    p.add_argument("--offload", choices=OFFLOADS, help="ZeRO-Offload / FSDP CPU offload: optimizer or all")
+    p.add_argument("--deepspeed", metavar="DS_CONFIG_JSON", help="read stage, offload and buckets from a DeepSpeed config")
+    p.add_argument("--accelerate-config", metavar="CONFIG_YAML", help="read processes, FSDP / DeepSpeed from accelerate's config")
     p.add_argument("--trace", action="store_true", help="run the real model code on fake tensors (slower)")
     p.add_argument("--json", action="store_true", help="print every term in bytes as JSON")
     p.set_defaults(run=run)
+
+
+def parallel_kwargs(args: argparse.Namespace) -> dict:
+    """plan() kwargs of the parallel axis: the launch configs first, then explicit flags."""
+    from ..parallel.launch import from_accelerate_config, from_deepspeed_config
+
+    out: dict = {}
+    if args.accelerate_config:
+        out.update(from_accelerate_config(args.accelerate_config))
+    if args.deepspeed:
+        out.update(from_deepspeed_config(args.deepspeed))
+    for key in ("num_gpus", "strategy", "offload", "mixed_precision"):
+        if getattr(args, key) is not None:
+            out[key] = getattr(args, key)
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     from ..planner import plan
 
     modes = [args.mode] if args.mode else ["full", "lora", "qlora"]
+    parallel = parallel_kwargs(args)
     plans = [plan(args.model, mode=m, gpu=args.gpu, batch_size=args.batch_size, seq_len=args.seq_len, r=args.r,
                   lora_alpha=args.alpha, target_modules=args.target_modules, use_rslora=args.use_rslora,
-                  lora_dropout=args.dropout, dtype=args.dtype, mixed_precision=args.mixed_precision, optim=args.optim,
+                  lora_dropout=args.dropout, dtype=args.dtype, optim=args.optim,
                   gradient_checkpointing=args.gradient_checkpointing, attn_implementation=args.attn,
                   quant_type=args.quant_type, double_quant=not args.no_double_quant,
-                  engine="trace" if args.trace else "analytic")
+                  engine="trace" if args.trace else "analytic", **parallel)
              for m in modes]
     if args.json:
         print(json.dumps({"plans": [p.to_dict() for p in plans]}, indent=2))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_flatten
 
 ALIGN = 512
@@ -80,6 +80,13 @@ class StorageTimeline(TorchDispatchMode):
         self.phase = phase
 
     def _add(self, tensor: torch.Tensor, op: str, category: str | None = None) -> None:
+        if is_traceable_wrapper_subclass(tensor):  # DTensor (FSDP2): count the local shard it wraps
+            names, _ = tensor.__tensor_flatten__()
+            for name in names:
+                inner = getattr(tensor, name)
+                if isinstance(inner, torch.Tensor):
+                    self._add(inner, op, category)
+            return
         try:
             storage = tensor.untyped_storage()
         except (RuntimeError, NotImplementedError):
@@ -132,6 +139,9 @@ class StorageTimeline(TorchDispatchMode):
         """Give live storages a category after the fact (gradients, optimizer states)."""
         for t in tensors:
             if not isinstance(t, torch.Tensor):
+                continue
+            if is_traceable_wrapper_subclass(t):
+                self.relabel([getattr(t, n) for n in t.__tensor_flatten__()[0]], category)  # non-tensors skipped
                 continue
             entry = self._live.get(id(t.untyped_storage()))
             if entry is not None:

@@ -33,6 +33,7 @@ class PhaseTotals:
     notes: tuple[str, ...]
     targets: tuple[str, ...]
     loss_bytes: int           # logits-and-loss high-water mark, whichever phase peaks
+    phase_breakdowns: dict[str, dict[str, int]] | None = None   # every phase's terms (lora_doctor.parallel rescales them)
 
 
 def _dtypes(s: PlanSettings) -> activations.DtypeContext:
@@ -106,4 +107,4 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda") -> Phase
     phase = max(totals, key=totals.__getitem__)
     notes = list(pers.notes)
     return PhaseTotals(phases_bd[phase], phase, totals, pers.trainable_params, tuple(notes),
-                       tuple(sorted({f.name for f in targeted})), int(loss_peak))
+                       tuple(sorted({f.name for f in targeted})), int(loss_peak), phases_bd)
