@@ -31,6 +31,7 @@ def finish_plan(result: MemoryPlan, resolved: ResolvedModel, gpu: GpuSpec | None
     s = result.settings
     result.max_batch_size = _largest(lambda b: analytic(replace(s, batch_size=b)).device_peak_bytes <= capacity)
     max_pos = resolved.arch.max_positions
+    max_pos = max_pos if max_pos and max_pos > 0 else None
     limit = max_pos or _MAX_SEARCH
     result.max_seq_len = _largest(lambda n: analytic(replace(s, seq_len=n)).device_peak_bytes <= capacity,
                                   limit=limit)
@@ -108,7 +109,7 @@ def recommend(result: MemoryPlan, analytic: Callable[[PlanSettings], MemoryPlan]
     original = result.settings
     for lever in _LEVERS:  # one lever alone, in order of preference
         changed = lever(original)
-        if changed is not None and (trial := analytic(changed)).device_peak_bytes <= gpu.memory_bytes:
+        if changed is not None and (trial := _try(analytic, changed)) and trial.device_peak_bytes <= gpu.memory_bytes:
             return f"{head} To fit: {describe_changes(original, changed)} -> {format_bytes(trial.device_peak_bytes)}."
     s = original
     while True:  # otherwise stack them
@@ -116,11 +117,20 @@ def recommend(result: MemoryPlan, analytic: Callable[[PlanSettings], MemoryPlan]
         if s_next is None:
             break
         s = s_next
-        trial = analytic(s)
-        if trial.device_peak_bytes <= gpu.memory_bytes:
+        trial = _try(analytic, s)
+        if trial is not None and trial.device_peak_bytes <= gpu.memory_bytes:
             return f"{head} To fit: {describe_changes(original, s)} -> {format_bytes(trial.device_peak_bytes)}."
     return (f"{head} Nothing fits even with {describe_changes(original, s) or 'the usual levers'}: "
             "use a larger GPU or shorter sequences.")
+
+
+def _try(analytic: Callable[[PlanSettings], MemoryPlan], s: PlanSettings) -> MemoryPlan | None:
+    """A lever's plan, or None when the lever cannot be planned: a lever that fails is skipped, so the
+    recommendation never turns a valid plan into an error."""
+    try:
+        return analytic(s)
+    except Exception:  # noqa: BLE001 - any failure of one lever only drops that lever
+        return None
 
 
 def _recommend_without_gpu(result: MemoryPlan) -> str:
