@@ -143,7 +143,7 @@ def make_settings(**kw: Any) -> PlanSettings:
     for name, limit in _INT_LIMITS.items():
         value = kw[name]
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
-            problems.append(f"{name} must be an integer in [1, {limit:,}], got {str(value)[:40]!r}")
+            problems.append(f"{name} must be a positive integer (at most {limit:,}), got {str(value)[:40]!r}")
     dropout = kw.get("lora_dropout", 0.0)
     if not _is_number(dropout) or not 0 <= dropout < 1:
         problems.append(f"lora_dropout must be in [0, 1), got {dropout!r}")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from ..strict_json import dumps
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
         arch = lookup(model_id).arch
         rows.append({"model": model_id, "model_type": arch.model_type, "params": arch.total_params})
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(dumps(rows))
         return 0
     for row in rows:
         print(f"{row['model']:45s} {row['model_type']:8s} {row['params'] / 1e9:8.2f} B params")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from ..strict_json import dumps
 
 EPILOG = """\
 examples:
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                   engine="trace" if args.trace else "analytic")
              for m in modes]
     if args.json:
-        print(json.dumps({"plans": [p.to_dict() for p in plans]}, indent=2))
+        print(dumps({"plans": [p.to_dict() for p in plans]}))
     else:
         _print(plans, args.gpu is None)
     if args.gpu is not None and args.mode:
