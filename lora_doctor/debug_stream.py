@@ -65,6 +65,9 @@ def debug_stream(verbose: bool) -> Iterator[IO[str]]:
     handlers = _stderr_handlers(real)
     previous = [h.setStream(redirect) for h in handlers]
     sys.stderr = redirect
+    root_handler = logging.StreamHandler(redirect)  # instead of logging's last resort, which a caller's root
+    root_handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))  # handlers disable
+    logging.getLogger().addHandler(root_handler)
     try:
         with warnings.catch_warnings():
             if verbose:
@@ -73,6 +76,7 @@ def debug_stream(verbose: bool) -> Iterator[IO[str]]:
                 warnings.formatwarning(message, category, filename, lineno, line))
             yield real
     finally:
+        logging.getLogger().removeHandler(root_handler)
         sys.stderr = real
         redirect.target = real  # handlers created meanwhile (a first import of transformers) point back at stderr
         for handler, stream in zip(handlers, previous):
