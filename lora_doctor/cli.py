@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import traceback
 from typing import NoReturn, Sequence
 
 from .debug_stream import debug_stream
@@ -78,8 +77,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return int(args.run(args) or 0)
         except LoraDoctorError as exc:
-            if verbose:
-                traceback.print_exc(file=stderr)
             print(f"lora-doctor: error: {' '.join(str(exc).split())}", file=stderr)
             return 2
         except KeyboardInterrupt:
