@@ -35,11 +35,17 @@ Security: lora-doctor reads config.json only and never runs code from a model (s
 VERBOSE_HELP = "show third-party warnings and logs (the debug stream) on stderr"
 
 
+def one_line(text: str) -> str:
+    """``text`` on one printable line: newlines become spaces, other control characters their escapes."""
+    text = " ".join(text.split("\n"))
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text).strip()
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with usage errors as one line (and exit 2), like every other bad input."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return int(args.run(args) or 0)
         except LoraDoctorError as exc:
-            print(f"lora-doctor: error: {' '.join(str(exc).split())}", file=stderr)
+            print(f"lora-doctor: error: {one_line(str(exc))}", file=stderr)
             return 2
         except KeyboardInterrupt:
             return 130

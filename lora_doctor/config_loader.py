@@ -49,6 +49,13 @@ BOUNDS: dict[str, tuple[int, int]] = {
     **dict.fromkeys(("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"), _POSITIONS),
     **dict.fromkeys(("image_size", "patch_size"), (1, 65536)),
 }
+# Non-size fields lora-doctor itself reads before transformers validates anything: field -> (accepts, what).
+_SHAPES: dict[str, tuple[Any, str]] = {
+    "architectures": (lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v), "a list of class names"),
+    "auto_map": (lambda v: isinstance(v, dict), "an object {auto class: module.Class}"),
+    "is_encoder_decoder": (lambda v: isinstance(v, bool), "true or false"),
+    "tie_word_embeddings": (lambda v: isinstance(v, bool), "true or false"),
+}
 _FIRST = {  # canonical size -> the field names that spell it, first found wins (for the parameter bound)
     "layers": ("num_hidden_layers", "n_layer", "num_layers", "n_layers"),
     "hidden": ("hidden_size", "n_embd", "d_model"),
@@ -125,6 +132,8 @@ def _check_tree(node: Any, prefix: str, depth: int) -> Iterator[str]:
             name = f"{prefix}{key}"
             if key in BOUNDS and value is not None:
                 yield from _check_size(name, value, BOUNDS[key])
+            elif key in _SHAPES and value is not None and not _SHAPES[key][0](value):
+                yield f"{name} must be {_SHAPES[key][1]}, got {str(value)[:40]!r}"
             else:
                 yield from _check_tree(value, name + ".", depth + 1)
         params = _param_estimate(node)

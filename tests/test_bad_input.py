@@ -110,6 +110,13 @@ def test_parameter_bound_catches_sizes_each_in_range():
         validate_config(config)
 
 
+@pytest.mark.parametrize("field,value", [("architectures", 128), ("architectures", [1]), ("auto_map", "x"),
+                                         ("tie_word_embeddings", "yes")])
+def test_fields_lora_doctor_reads_have_the_right_shape(field, value):
+    with pytest.raises(InvalidConfigError, match=field):
+        ld.plan(dict(TINY_LLAMA, **{field: value}))
+
+
 def test_real_configs_pass_the_bounds():
     from lora_doctor.catalog import _load
 
@@ -184,6 +191,8 @@ def test_check_empty_target_modules_is_the_same_error_as_plan(capsys):
 def test_usage_errors_are_one_line(capsys):
     assert "invalid int value" in one_line_exit_2(["plan", "gpt2", "--r", "abc"], capsys)
     assert "unrecognized" in one_line_exit_2(["plan", "gpt2", "--bogus"], capsys)
+    assert "\\x1e" in one_line_exit_2(["plan", "plan", "\x1e"], capsys)  # control characters escaped
+    assert "\\x1e" in one_line_exit_2(["plan", "a\x1eb/c"], capsys)
 
 
 def test_phi3_plans_without_peft_defaults(capsys):
