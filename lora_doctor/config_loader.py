@@ -23,6 +23,7 @@ from .errors import InvalidConfigError, ModelNotFoundError
 MAX_CONFIG_BYTES = 64 * 1024**2     # real config.json files are KBs; the largest (label maps) ~ a few MB
 MAX_DEPTH = 64                      # real configs nest 2-3 levels (text_config.rope_scaling)
 MAX_PARAMS = 10**13                 # 10 trillion; the largest published models have ~2e12
+MAX_EXPERT_BLOCKS = 1 << 17         # layers x experts; DeepSeek-V3 has 61 x 256, Qwen3-Next 48 x 512
 
 # field name -> (minimum, maximum), for every nested config. The bounds are far beyond real models:
 # the deepest public LLMs have ~130 layers, the widest hidden size is 18432 (PaLM), the largest
@@ -136,9 +137,12 @@ def _check_tree(node: Any, prefix: str, depth: int) -> Iterator[str]:
                 yield f"{name} must be {_SHAPES[key][1]}, got {str(value)[:40]!r}"
             else:
                 yield from _check_tree(value, name + ".", depth + 1)
-        params = _param_estimate(node)
+        params, blocks = _size_estimate(node)
         if params > MAX_PARAMS:
             yield (f"{prefix or ''}sizes describe ~{params:.1e} parameters (over {MAX_PARAMS:.0e}); "
+                   "not a real model")
+        if blocks > MAX_EXPERT_BLOCKS:
+            yield (f"{prefix or ''}layers x experts = {blocks:,.0f} expert blocks (over {MAX_EXPERT_BLOCKS:,}); "
                    "not a real model")
     elif isinstance(node, (list, tuple)):
         for i, value in enumerate(node):
@@ -159,8 +163,8 @@ def _check_size(name: str, value: Any, bounds: tuple[int, int]) -> Iterator[str]
             return
 
 
-def _param_estimate(node: dict) -> float:
-    """A cheap lower-ish bound on the parameters these fields describe (floats: never overflows)."""
+def _size_estimate(node: dict) -> tuple[float, float]:
+    """Rough parameters and expert blocks (modules to build) these fields describe (floats: never overflow)."""
     def first(kind: str) -> float:
         for key in _FIRST[kind]:
             v = node.get(key)
@@ -171,7 +175,7 @@ def _param_estimate(node: dict) -> float:
     layers, hidden, vocab = first("layers"), first("hidden"), first("vocab")
     ffn = first("ffn") or 4 * hidden
     experts = max(first("experts"), 1.0)
-    return layers * (4 * hidden * hidden + 3 * hidden * ffn * experts) + 2 * vocab * hidden
+    return layers * (4 * hidden * hidden + 3 * hidden * ffn * experts) + 2 * vocab * hidden, layers * experts
 
 
 def remote_code_note(fields: dict) -> str | None:

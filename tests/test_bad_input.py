@@ -117,6 +117,11 @@ def test_fields_lora_doctor_reads_have_the_right_shape(field, value):
         ld.plan(dict(TINY_LLAMA, **{field: value}))
 
 
+def test_layers_times_experts_is_bounded():
+    with pytest.raises(InvalidConfigError, match="expert blocks"):
+        validate_config(dict(TINY_LLAMA, num_hidden_layers=1024, num_local_experts=4096))
+
+
 def test_real_configs_pass_the_bounds():
     from lora_doctor.catalog import _load
 
