@@ -182,9 +182,11 @@ def test_diagnose_wrong_types_are_lora_doctor_errors(config):
         ld.diagnose("gpt2", config)
 
 
-def test_diagnose_rejects_a_non_tokenizer():
-    with pytest.raises(LoraDoctorError, match="tokenizer"):
-        ld.diagnose("gpt2", {"target_modules": ["c_attn"]}, tokenizer=5)
+@pytest.mark.parametrize("kw", [{"tokenizer": 5}, {"tokenizer": "gpt2"}, {"num_examples": "many"},
+                                {"num_examples": -1}, {"dry_run": "yes"}, {"dry_run_max_params": "x"}])
+def test_diagnose_rejects_bad_arguments(kw):
+    with pytest.raises(LoraDoctorError, match=next(iter(kw))):
+        ld.diagnose("gpt2", {"target_modules": ["c_attn"]}, **kw)
 
 
 def test_check_empty_target_modules_is_the_same_error_as_plan(capsys):

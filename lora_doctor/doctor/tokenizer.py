@@ -23,7 +23,11 @@ class TokenizerFacts:
     @classmethod
     def from_tokenizer(cls, tok: Any) -> "TokenizerFacts":
         """Read the facts; anything that is not a tokenizer (no ``len``, odd ids) is InvalidSettingError."""
+        if not hasattr(tok, "vocab_size") and hasattr(getattr(tok, "tokenizer", None), "vocab_size"):
+            tok = tok.tokenizer  # a processor (vision / speech models) wraps the tokenizer
         try:
+            if isinstance(tok, (str, bytes)) or not hasattr(tok, "vocab_size"):
+                raise TypeError("no vocab_size; pass the tokenizer object, not its name")
             base = int(getattr(tok, "vocab_size", 0) or 0)
             added = getattr(tok, "added_tokens_decoder", None) or {}
             pad, eos = getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None)
