@@ -1,8 +1,8 @@
 """The one validated loader of model configs: every config.json, dict or ``PretrainedConfig`` passes here
 before anything is built from it.
 
-It reads a file as bytes (a regular file, at most 64 MiB), decodes UTF-8, parses strict JSON (no NaN /
-Infinity, nesting at most 64 deep), requires an object with a ``model_type``, and checks every size
+It reads a file as bytes (a regular file, at most 64 MiB), decodes UTF-8, parses JSON (no NaN,
+nesting at most 64 deep), requires an object with a ``model_type``, and checks every size
 field (layers, hidden, vocabulary, heads, intermediate, experts, positions, ...) against generous
 bounds, in every nested sub-config, so an absurd config is one clear error in milliseconds instead of
 minutes of building millions of modules. Configs that name custom code (``auto_map``) are planned from
@@ -147,8 +147,8 @@ def _check_tree(node: Any, prefix: str, depth: int) -> Iterator[str]:
     elif isinstance(node, (list, tuple)):
         for i, value in enumerate(node):
             yield from _check_tree(value, f"{prefix.rstrip('.')}[{i}].", depth + 1)
-    elif isinstance(node, float) and not math.isfinite(node):
-        yield f"{prefix.rstrip('.')} is {node}, not a finite number"
+    elif isinstance(node, float) and math.isnan(node):  # +-Infinity is legitimate (Mamba-2's time_step_limit)
+        yield f"{prefix.rstrip('.')} is NaN, not a number"
 
 
 def _check_size(name: str, value: Any, bounds: tuple[int, int]) -> Iterator[str]:
@@ -201,7 +201,11 @@ def without_remote_code(fields: dict) -> dict:
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"contains {name}, which is not valid JSON (sizes and settings must be finite numbers)")
+    """Python's json accepts NaN / Infinity, which JSON does not. transformers writes ``Infinity`` for
+    real defaults (Mamba-2's ``time_step_limit``), so only NaN is refused; sizes must be integers anyway."""
+    if name == "NaN":
+        raise ValueError("contains NaN, which is not a number (and not valid JSON)")
+    return float(name)
 
 
 def _json_kind(value: Any) -> str:

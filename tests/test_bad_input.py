@@ -132,9 +132,13 @@ def test_real_configs_pass_the_bounds():
     validate_config(big)
 
 
-def test_parse_config_rejects_infinity_and_accepts_utf8_bom():
-    with pytest.raises(InvalidConfigError, match="Infinity"):
-        parse_config(b'{"model_type": "llama", "x": -Infinity}')
+def test_parse_config_rejects_nan_accepts_infinity_and_a_utf8_bom():
+    with pytest.raises(InvalidConfigError, match="NaN"):
+        parse_config(b'{"model_type": "llama", "x": [1, NaN]}')
+    with pytest.raises(InvalidConfigError, match="vocab_size"):
+        parse_config(b'{"model_type": "llama", "vocab_size": Infinity}')
+    # transformers itself writes Infinity for real defaults (Mamba-2's time_step_limit)
+    assert parse_config(b'{"model_type": "mamba2", "time_step_limit": [0.0, Infinity]}')["time_step_limit"][1] > 1e308
     assert parse_config('\ufeff{"model_type": "llama"}'.encode())["model_type"] == "llama"
 
 
