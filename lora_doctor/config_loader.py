@@ -23,22 +23,23 @@ from .errors import InvalidConfigError, ModelNotFoundError
 MAX_CONFIG_BYTES = 64 * 1024**2     # real config.json files are KBs; the largest (label maps) ~ a few MB
 MAX_DEPTH = 64                      # real configs nest 2-3 levels (text_config.rope_scaling)
 MAX_PARAMS = 10**13                 # 10 trillion; the largest published models have ~2e12
-MAX_EXPERT_BLOCKS = 1 << 17         # layers x experts; DeepSeek-V3 has 61 x 256, Qwen3-Next 48 x 512
+MAX_EXPERT_BLOCKS = 1 << 21         # layers x experts; DeepSeek-V3 61 x 256, Doge 32 x 16384
 
 # field name -> (minimum, maximum), for every nested config. The bounds are far beyond real models:
 # the deepest public LLMs have ~130 layers, the widest hidden size is 18432 (PaLM), the largest
-# vocabularies ~262k (Gemma 3), the most experts 512 (Qwen3-Next), the longest contexts 10M (Llama 4).
+# vocabularies ~262k (Gemma 3), the most experts 16384 (Doge's tiny ones), the longest contexts 10M (Llama 4).
+# tests/test_bad_input.py checks every transformers config class's defaults against them.
 _LAYERS = (0, 1024)
 _WIDTH = (1, 131072)
 _HEADS = (1, 4096)
 _FFN = (1, 1 << 20)
-_EXPERTS = (0, 4096)
+_EXPERTS = (0, 1 << 16)              # Doge: 16384 tiny experts per layer
 _POSITIONS = (1, 1 << 26)
 BOUNDS: dict[str, tuple[int, int]] = {
     **dict.fromkeys(("num_hidden_layers", "n_layer", "n_layers", "num_layers", "encoder_layers", "decoder_layers",
                      "num_decoder_layers", "num_encoder_layers"), _LAYERS),
     **dict.fromkeys(("hidden_size", "n_embd", "d_model", "word_embed_proj_dim", "embed_dim"), _WIDTH),
-    **dict.fromkeys(("head_dim", "kv_channels", "d_kv"), (1, 65536)),
+    **dict.fromkeys(("head_dim", "kv_channels", "d_kv"), (0, 65536)),  # 0: derived (GLM)
     **dict.fromkeys(("vocab_size", "n_vocab"), (1, 1 << 22)),
     **dict.fromkeys(("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads",
                      "decoder_attention_heads", "num_key_value_heads", "n_head_kv", "num_kv_heads",
@@ -153,8 +154,13 @@ def _check_tree(node: Any, prefix: str, depth: int) -> Iterator[str]:
 
 def _check_size(name: str, value: Any, bounds: tuple[int, int]) -> Iterator[str]:
     low, high = bounds
-    values = value if isinstance(value, list) and len(value) <= 4096 else [value]  # per-layer lists
+    if isinstance(value, dict) and len(value) <= 64:  # per-part sizes (LXMERT: {"vision": 5, ...})
+        values = list(value.values())
+    else:
+        values = value if isinstance(value, list) and len(value) <= 4096 else [value]  # per-layer lists
     for v in values:
+        if isinstance(v, float) and v.is_integer():  # 1200.0 (transformers writes some sizes as floats)
+            v = int(v)
         if isinstance(v, bool) or not isinstance(v, int):
             yield f"{name} must be an integer, got {str(v)[:40]!r}"
             return

@@ -122,6 +122,22 @@ def test_layers_times_experts_is_bounded():
         validate_config(dict(TINY_LLAMA, num_hidden_layers=1024, num_local_experts=4096))
 
 
+# Config classes whose defaults are the edge of the bounds (a sweep of all ~820 transformers config classes
+# passed; it takes a minute here, so the suite keeps the outliers it found and a few big real ones).
+EDGE_CONFIGS = ["doge", "glm5_next", "lxmert", "musicflamingo", "mamba2", "llama4", "deepseek_v3", "qwen3_next",
+                "gemma3", "whisper", "t5", "swin", "clip", "mixtral"]
+
+
+@pytest.mark.parametrize("model_type", EDGE_CONFIGS)
+def test_transformers_config_defaults_pass_the_bounds(model_type):
+    """No false alarm on the defaults of config classes transformers ships."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        pytest.skip(f"this transformers has no {model_type}")
+    validate_config(CONFIG_MAPPING[model_type]().to_dict(), model_type)
+
+
 def test_real_configs_pass_the_bounds():
     from lora_doctor.catalog import _load
 

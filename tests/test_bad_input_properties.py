@@ -76,7 +76,8 @@ def test_config_sizes_are_bounded_fast_and_named(field, value):
     else:
         low, high = BOUNDS[field]
         for v in value if isinstance(value, list) else [value]:  # a per-layer list holds sizes too
-            assert v is None or (isinstance(v, int) and not isinstance(v, bool) and low <= v <= high)
+            assert v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v == int(v)
+                                 and low <= v <= high)
     assert time.perf_counter() - start < 1.0
 
 
