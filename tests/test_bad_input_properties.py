@@ -75,7 +75,8 @@ def test_config_sizes_are_bounded_fast_and_named(field, value):
         assert field in str(exc) or "parameters" in str(exc)
     else:
         low, high = BOUNDS[field]
-        for v in value if isinstance(value, list) else [value]:  # a per-layer list holds sizes too
+        parts = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else [value]
+        for v in parts:  # per-layer lists and per-part dicts hold sizes too
             assert v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v == int(v)
                                  and low <= v <= high)
     assert time.perf_counter() - start < 1.0
