@@ -15,8 +15,10 @@ examples:
   lora-doctor plan ./checkpoints/my-model --gpu auto          (a local directory or config.json)
 
 GPU: a size (24GB, 24GiB, 80G, bytes), a name (RTX3090, 4090, T4, L4, A10G, A100-40GB, A100-80GB,
-H100, H200, ...) or 'auto' (the local GPU via NVML). GB means GiB, as on GPU spec sheets.
-Exit codes: 0 ok (and fits, when --gpu is given), 1 does not fit, 2 bad input.
+H100, H200, ...) or 'auto' (the local GPU via NVML). GB means GiB, as on GPU spec sheets. A GPU has at
+least 256 MiB, so a bare 24 (bytes) or 1B is an error that asks for a unit.
+Exit codes: 0 ok (and fits, when --gpu is given), 1 does not fit, 2 bad input (one line on stderr).
+-v/--verbose shows third-party warnings and logs on stderr.
 """
 
 
