@@ -1,7 +1,8 @@
 """GPU specifications: a built-in table of common cards, size strings, and the local GPU via NVML.
 
 Memory figures are the totals NVML / ``nvidia-smi`` report for each card (MiB), which is what an
-out-of-memory happens against, not the marketing number. ``count`` leaves room for several GPUs.
+out-of-memory happens against, not the marketing number. ``count`` is the number of such GPUs
+(``"8xH100"``); :func:`parse_gpu` is the one parser of every GPU argument (API, CLI, callback).
 """
 
 from __future__ import annotations
