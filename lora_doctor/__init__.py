@@ -2,6 +2,7 @@
 
 from .errors import (
     GpuNotAvailableError,
+    InvalidConfigError,
     InvalidGpuError,
     InvalidSettingError,
     LoraDoctorError,
@@ -23,6 +24,7 @@ __all__ = [
     "Finding",
     "GpuNotAvailableError",
     "GpuSpec",
+    "InvalidConfigError",
     "InvalidGpuError",
     "InvalidSettingError",
     "LoraDoctorCallback",

@@ -6,6 +6,7 @@ catch one class; the CLI turns each into one readable line and exit code 2. The 
     LoraDoctorError
     ├── ModelNotFoundError      (also LookupError)  unknown hub id / missing path, offline
     ├── UnsupportedModelError   (also ValueError)   an architecture the planner cannot model
+    │   └── InvalidConfigError                      a config.json that is not a valid, sane config
     ├── InvalidSettingError     (also ValueError)   a bad size, rank, dtype, optimizer, mode ...
     │   └── InvalidGpuError                         a GPU spec that cannot be parsed
     ├── GpuNotAvailableError    (also RuntimeError) ``gpu="auto"`` without a visible GPU / NVML
@@ -29,6 +30,11 @@ class ModelNotFoundError(LoraDoctorError, LookupError):
 
 class UnsupportedModelError(LoraDoctorError, ValueError):
     """The model's architecture cannot be built or modelled."""
+
+
+class InvalidConfigError(UnsupportedModelError):
+    """A model config that cannot be read or whose values are absurd (binary file, not an object, a
+    size out of range, NaN, custom code); the message names the field."""
 
 
 class InvalidSettingError(LoraDoctorError, ValueError):

@@ -1,16 +1,18 @@
 """GPU specifications: a built-in table of common cards, size strings, and the local GPU via NVML.
 
 Memory figures are the totals NVML / ``nvidia-smi`` report for each card (MiB), which is what an
-out-of-memory happens against, not the marketing number. ``count`` leaves room for several GPUs.
+out-of-memory happens against, not the marketing number. ``count`` is the number of such GPUs
+(``"8xH100"``); :func:`parse_gpu` is the one parser of every GPU argument (API, CLI, callback).
 """
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from .errors import GpuNotAvailableError, InvalidGpuError, InvalidSettingError
-from .units import MIB, parse_size
+from .units import MIB, format_bytes, parse_size
 
 
 @dataclass(frozen=True)
@@ -81,43 +83,69 @@ def gpu_by_name(name: str) -> GpuSpec | None:
     return GpuSpec(key, mib * MIB, bf16)
 
 
-def parse_gpu(spec: "str | int | GpuSpec | None") -> GpuSpec | None:
+MIN_GPU_BYTES = 256 * MIB      # smaller than any GPU one trains on: surely a missing or wrong unit
+MAX_GPU_COUNT = 4096
+_COUNT_RE = re.compile(r"^(\d{1,6})\s*[xX\u00d7*]\s*(\S.*)$")     # "8xH100", "2 x 24GB", "4*A100"
+_NUMBER_RE = re.compile(r"^(\d{1,30}(?:\.\d{0,30})?|\.\d{1,30})$")
+_SIZE_WITH_UNIT_RE = re.compile(r"^(\d{1,30}(?:\.\d{0,30})?|\.\d{1,30})\s*[a-zA-Z]{1,4}$")
+_HELP = "give a size (24GB, 24GiB, 80G, a byte count), 'auto', or a GPU name such as RTX4090, A100-80GB, H100"
+
+
+def parse_gpu(spec: "str | int | float | GpuSpec | None") -> GpuSpec | None:
     """Turn ``"24GB"``, ``"24GiB"``, ``"80G"``, a byte count, a GPU name or ``"auto"`` into a GpuSpec.
 
-    ``None`` means "no GPU given". Sizes without a name are assumed to support bf16.
+    A count prefix gives several identical GPUs: ``"8xH100"``, ``"2x24GB"``, ``"2 x RTX4090"`` ->
+    ``GpuSpec(count=N)`` (memory is per device). ``None`` means "no GPU given". Sizes without a name
+    are assumed to support bf16. One rule for every form: a GPU has at least 256 MiB, so ``"24"``,
+    ``"1B"`` or ``"0.0000001GB"`` are errors that suggest a unit. Raises :class:`InvalidGpuError`.
     """
     if spec is None or isinstance(spec, GpuSpec):
         return spec
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        return GpuSpec(f"{int(spec)} B", _byte_count(spec, str(spec)))
+        if isinstance(spec, float) and not math.isfinite(spec):
+            raise InvalidGpuError(f"not a GPU: {spec!r} ({_HELP})")
+        text = str(int(spec)) if float(spec).is_integer() else str(spec)
+        return GpuSpec(f"{text} B", _checked_size(spec, text, bare=True))
     if not isinstance(spec, str) or not spec.strip():
         raise InvalidGpuError(f"not a GPU: {spec!r} (expected a size such as 24GB, a GPU name, or auto)")
     text = spec.strip()
+    if len(text) > 64:
+        raise InvalidGpuError(f"not a GPU: {text[:40]!r}... is {len(text)} characters long; {_HELP}")
+    count = 1
+    counted = _COUNT_RE.match(text)
+    if counted and gpu_by_name(text) is None:
+        count, text = int(counted.group(1)), counted.group(2).strip()
+        if not 1 <= count <= MAX_GPU_COUNT:
+            raise InvalidGpuError(f"GPU count in {spec!r} must be between 1 and {MAX_GPU_COUNT}")
     if text.lower() == "auto":
+        if count != 1:
+            raise InvalidGpuError(f"{spec!r}: 'auto' counts the local GPUs itself; pass --gpu auto")
         return detect_local_gpu()
+    return replace(_one_gpu(text, spec), count=count)
+
+
+def _one_gpu(text: str, spec: str) -> GpuSpec:
     named = gpu_by_name(text)
     if named is not None:
         return named
-    if re.fullmatch(r"[0-9.]+", text):
-        return GpuSpec(f"{text} B", _byte_count(float(text), text))
-    if not re.fullmatch(r"\s*[0-9]*\.?[0-9]+\s*[a-zA-Z]*\s*", text):
-        raise InvalidGpuError(
-            f"unknown GPU {spec!r}: give a size (24GB, 24GiB, 80G, a byte count), 'auto', "
-            f"or one of {', '.join(known_gpu_names())}"
-        )
+    if _NUMBER_RE.match(text):
+        return GpuSpec(f"{text} B", _checked_size(text, text, bare=True))
+    if not _SIZE_WITH_UNIT_RE.match(text):
+        raise InvalidGpuError(f"unknown GPU {spec!r}: {_HELP}")
+    return GpuSpec(text, _checked_size(text, text, bare=False))
+
+
+def _checked_size(value: "str | int | float", text: str, *, bare: bool) -> int:
+    """Bytes of one GPU; too small to be a GPU is almost surely a size without (or with the wrong) unit."""
     try:
-        size = parse_size(text)
+        size = parse_size(value)
     except InvalidSettingError as exc:
-        raise InvalidGpuError(f"unknown GPU {spec!r} ({exc}): give a size (24GB, 24GiB, 80G, a byte count), "
-                              f"'auto', or one of {', '.join(known_gpu_names())}") from None
-    return GpuSpec(text, size)
-
-
-def _byte_count(value: float, text: str) -> int:
-    """A bare number is a byte count; one too small to be a GPU is almost surely a size without unit."""
-    if value < 2**20:
-        raise InvalidGpuError(f"--gpu {text} would be {text} bytes; did you mean {text}GB?")
-    return parse_size(value)
+        raise InvalidGpuError(f"unknown GPU {text!r} ({exc}): {_HELP}") from None
+    if size < MIN_GPU_BYTES:
+        hint = f"would be {text} bytes; did you mean {text}GB?" if bare else \
+            f"is {format_bytes(size)}; give the memory of one GPU, e.g. 24GB"
+        raise InvalidGpuError(f"--gpu {text} {hint} (a GPU has at least 256 MiB)")
+    return size
 
 
 def detect_local_gpu(index: int = 0) -> GpuSpec:

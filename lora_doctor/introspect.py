@@ -39,7 +39,7 @@ def build_meta_model(config: Any, *, auto_class: str | None = None) -> Any:
     cls = getattr(transformers, name)
     try:
         with init_empty_weights(include_buffers=True):
-            model = cls.from_config(config, dtype=torch.float32)
+            model = cls.from_config(config, dtype=torch.float32, trust_remote_code=False)  # never prompts
     except Exception as exc:  # transformers raises anything from ValueError to ZeroDivisionError on odd configs
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         first = first if len(first) <= 200 else first[:200] + "..."

@@ -8,14 +8,16 @@ Accepted: a hub id (offline catalog first, then the local Hugging Face cache, th
 
 from __future__ import annotations
 
-import json
+import copy
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .arch import ArchSpec
 from .catalog import lookup, nearest_ids
+from .config_loader import read_config_file, remote_code_note, validate_config, without_remote_code
 from .errors import ModelNotFoundError, UnsupportedModelError
 
 
@@ -29,6 +31,7 @@ class ResolvedModel:
     config_dict: dict | None = None  # config fields when known without torch
     module: Any = field(default=None, repr=False)   # the user's loaded model, if they gave one
     _config: Any = field(default=None, repr=False)
+    notes: list[str] = field(default_factory=list)  # what the planner should tell (e.g. custom code not run)
 
     def config(self) -> Any:
         """The ``transformers.PretrainedConfig`` (imports transformers)."""
@@ -71,8 +74,7 @@ def resolve(model: Any) -> ResolvedModel:
     if isinstance(model, (str, os.PathLike)):
         return _resolve_name(str(model))
     if isinstance(model, dict):
-        return _from_config(config_from_dict(model), name=model.get("_name_or_path") or model["model_type"],
-                            source="config", fields=model)
+        return _from_fields(model, name=None, source="config", where="config dict")
     if _is_module(model):
         from .introspect import arch_from_model
 
@@ -80,7 +82,14 @@ def resolve(model: Any) -> ResolvedModel:
         name = getattr(getattr(base, "config", None), "_name_or_path", "") or type(base).__name__
         return ResolvedModel(name, "module", arch_from_model(base), module=model)
     if hasattr(model, "model_type") and hasattr(model, "to_dict"):  # a PretrainedConfig
-        return _from_config(model, name=getattr(model, "_name_or_path", "") or model.model_type, source="config")
+        validate_config(model.to_dict(), type(model).__name__)
+        note = remote_code_note({"model_type": model.model_type, "auto_map": getattr(model, "auto_map", None)})
+        if note is not None:  # a copy without auto_map: transformers then never considers the custom code
+            model = copy.deepcopy(model)
+            model.auto_map = {}
+        resolved = _from_config(model, name=getattr(model, "_name_or_path", "") or model.model_type, source="config")
+        resolved.notes += [note] if note else []
+        return resolved
     raise UnsupportedModelError(
         f"cannot plan for a {type(model).__name__}: pass a hub id, a path, a PretrainedConfig or a model"
     )
@@ -110,31 +119,71 @@ def _from_config(config: Any, *, name: str, source: str, fields: dict | None = N
     return ResolvedModel(name, source, arch, config_dict=fields, _config=config)
 
 
+def _from_fields(fields: Any, *, name: str | None, source: str, where: str) -> ResolvedModel:
+    """Validate raw config fields (sizes, types, custom code) before building anything from them."""
+    fields = validate_config(fields, where)
+    note = remote_code_note(fields)
+    if note is not None:
+        fields = without_remote_code(fields)
+    name = name or str(fields.get("_name_or_path") or "") or fields["model_type"]
+    resolved = _from_config(config_from_dict(fields), name=name, source=source, fields=fields)
+    resolved.notes += [note] if note else []
+    return resolved
+
+
 def _read_config_file(path: Path, name: str, source: str) -> ResolvedModel:
+    return _from_fields(read_config_file(path), name=name, source=source, where=_shorten(str(path)))
+
+
+# A Hugging Face repo id: "name" or "owner/name", letters, digits, '-', '_', '.', each part at most 96.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
+
+
+def _local_path(text: str) -> Path | None:
+    """The file or directory ``text`` names, or None when nothing is there. Path errors are one line."""
+    if "\x00" in text:
+        raise ModelNotFoundError("model name contains a NUL character")
     try:
-        fields = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelNotFoundError(f"cannot read {path}: {exc}") from None
-    if "model_type" not in fields:
-        raise UnsupportedModelError(f"{path} has no 'model_type'; is it a transformers config.json?")
-    return _from_config(config_from_dict(fields), name=name, source=source, fields=fields)
+        path = Path(text).expanduser()
+    except RuntimeError:  # "~nosuchuser/x"
+        raise ModelNotFoundError(f"cannot expand {_shorten(text)}: no such user's home directory") from None
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:  # name too long, symlink loop, permission denied ...
+        if _looks_like_path(text):
+            raise ModelNotFoundError(f"cannot read {_shorten(text)}: {exc.strerror or exc}") from None
+        return None
+    return path
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith((".", "/", "~")) or text.endswith(".json") or os.sep in text.strip("/").replace("/", "", 1)
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= 120 else text[:60] + "..." + text[-40:]
 
 
 def _resolve_name(text: str) -> ResolvedModel:
-    path = Path(text).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"{path} has no config.json")
+    if not text.strip():
+        raise ModelNotFoundError("no model given: pass a hub id, a local directory or a config.json path")
+    path = _local_path(text)
+    if path is not None and path.is_dir():
+        if not os.path.exists(path / "config.json"):
+            raise ModelNotFoundError(f"{_shorten(str(path))} has no config.json")
         return _read_config_file(path / "config.json", name=str(path), source="local")
-    if path.is_file():
+    if path is not None:  # a file, or something that is not (a device, a pipe): the loader says which
         return _read_config_file(path, name=str(path), source="local")
-    looks_like_path = text.startswith((".", "/", "~")) or text.endswith(".json") or os.sep in text.strip("/").replace("/", "", 1)
-    if looks_like_path:
-        raise ModelNotFoundError(f"no such file or directory: {text}")
-
-    entry = lookup(text)
+    if _looks_like_path(text):
+        raise ModelNotFoundError(f"no such file or directory: {_shorten(text)}")
+    entry = lookup(text)  # catalog ids include variants that are not hub ids (google/gemma-3-4b-it:text)
     if entry is not None:
         return ResolvedModel(entry.model_id, "catalog", entry.arch, config_dict=entry.config)
+    if not _HUB_ID.match(text.strip()):
+        raise ModelNotFoundError(f"{_shorten(text)!r} is neither a file nor a hub id (owner/name of letters, digits, "
+                                 "'-', '_', '.'); pass a hub id, a local directory or a config.json path")
 
     cached = _config_from_hf_cache(text)
     if cached is not None:

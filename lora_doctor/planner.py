@@ -7,12 +7,15 @@ sequence length that fit, and a recommendation. No printing; rendering lives in 
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 from .errors import InvalidSettingError
 from .gpus import GpuSpec, parse_gpu
 from .inputs import make_inputs
 from .memory.engine import analytic_plan
+from .memory.targets import FALLBACK_TARGETS, fallback_targets_note
 from .memory.tables import DTYPE_ALIASES, DTYPE_BYTES, OPTIMIZERS
 from .models import ResolvedModel, resolve
 from .parallel import make_parallel
@@ -90,8 +93,12 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
                                   "with engine='analytic'")
     if device not in ("cuda", "cpu"):
         raise InvalidSettingError(f"device must be 'cuda' or 'cpu', got {device!r}")
+    fallback = fallback_targets_note(resolved.arch, settings.target_modules)
+    if fallback:  # every engine and the recommender's LoRA levers then adapt the same layers
+        settings = replace(settings, target_modules=FALLBACK_TARGETS)
     compute = _engine(engine, device)
     result = compute(resolved, settings)
+    result.notes += resolved.notes + ([fallback] if fallback and mode != "full" else [])
     return finish_plan(result, resolved, gpu_spec, lambda s: analytic_plan(resolved, s, device))
 
 
@@ -115,25 +122,45 @@ def _lora_defaults(module: Any, **given: Any) -> dict[str, Any]:
     return out
 
 
+# Upper bounds far beyond real runs: they keep the arithmetic (and the trace) finite and fast.
+_INT_LIMITS = {"batch_size": 1 << 20, "seq_len": 1 << 27, "r": 1 << 16}
+_STR_FIELDS = ("mode", "dtype", "optim", "attn_implementation", "quant_type")
+_BOOL_FIELDS = ("use_rslora", "gradient_checkpointing", "double_quant")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def make_settings(**kw: Any) -> PlanSettings:
     """Validate and normalize raw settings (collects every problem into one error)."""
     problems: list[str] = []
+    for name in _STR_FIELDS:  # wrong types first: lookups below hash and compare these values
+        if not isinstance(kw[name], str):
+            problems.append(f"{name} must be a string, got {type(kw[name]).__name__} {str(kw[name])[:40]!r}")
+    for name in _BOOL_FIELDS:
+        if not isinstance(kw.get(name, False), bool):
+            problems.append(f"{name} must be True or False, got {kw[name]!r}")
+    mp = kw["mixed_precision"]
+    if mp is not None and not isinstance(mp, (str, bool)):
+        problems.append(f"mixed_precision must be None, 'bf16' or 'fp16', got {mp!r}")
+    if problems:
+        raise InvalidSettingError("; ".join(problems))
     mode = kw["mode"]
     if mode not in MODES:
         problems.append(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    for name in ("batch_size", "seq_len", "r"):
+    for name, limit in _INT_LIMITS.items():
         value = kw[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            problems.append(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+            problems.append(f"{name} must be a positive integer (at most {limit:,}), got {str(value)[:40]!r}")
     dropout = kw.get("lora_dropout", 0.0)
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+    if not _is_number(dropout) or not 0 <= dropout < 1:
         problems.append(f"lora_dropout must be in [0, 1), got {dropout!r}")
-    if not isinstance(kw["lora_alpha"], (int, float)) or kw["lora_alpha"] <= 0:
-        problems.append(f"lora_alpha must be positive, got {kw['lora_alpha']!r}")
-    dtype = DTYPE_ALIASES.get(str(kw["dtype"]).lower(), str(kw["dtype"]).lower())
+    if not _is_number(kw["lora_alpha"]) or kw["lora_alpha"] <= 0:
+        problems.append(f"lora_alpha must be a positive finite number, got {kw['lora_alpha']!r}")
+    dtype = DTYPE_ALIASES.get(kw["dtype"].lower(), kw["dtype"].lower())
     if dtype not in DTYPE_BYTES:
         problems.append(f"dtype must be one of fp32, bf16, fp16, got {kw['dtype']!r}")
-    mp = kw["mixed_precision"]
     mp = None if mp in (None, False, "no", "none", "") else DTYPE_ALIASES.get(str(mp).lower(), str(mp).lower())
     if mp is not None and mp not in ("bf16", "fp16"):
         problems.append(f"mixed_precision must be None, 'bf16' or 'fp16', got {kw['mixed_precision']!r}")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import re
+from decimal import Decimal
 
 from .errors import InvalidSettingError
 
 GIB = 1024**3
 MIB = 1024**2
+MAX_BYTES = 2**60   # 1 EiB: anything larger is a typo, not a memory size
 
 _UNITS = {
     "": 1, "b": 1,
@@ -18,29 +21,34 @@ _UNITS = {
     "g": GIB, "gb": GIB, "gib": GIB, "gbd": 1000**3,
     "t": 1024**4, "tb": 1024**4, "tib": 1024**4,
 }
-_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+# A plain decimal number (no sign, no exponent, at most 30 characters) and an optional unit.
+_SIZE_RE = re.compile(r"^\s*(\d{1,30}(?:\.\d{0,30})?|\.\d{1,30})\s*([a-zA-Z]{0,4})\s*$")
 
 
 def parse_size(text: str | int | float) -> int:
     """Parse ``"24GB"``, ``"24GiB"``, ``"80G"``, ``"512MiB"`` or a byte count into bytes.
 
     ``GB`` and ``G`` mean GiB, as on GPU spec sheets (an "80 GB" A100 has 80 GiB).
-    Raises :class:`InvalidSettingError` for anything else.
+    Raises :class:`InvalidSettingError` for anything else, including NaN, infinity and sizes over 1 EiB.
     """
-    if isinstance(text, bool):
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
         raise InvalidSettingError(f"not a size: {text!r}")
+    if isinstance(text, float) and not math.isfinite(text):
+        raise InvalidSettingError(f"not a size: {text!r} (must be a finite number)")
     if isinstance(text, (int, float)):
-        value, unit = float(text), ""
+        value, unit = Decimal(text), ""
     else:
         match = _SIZE_RE.match(text)
         if not match:
-            raise InvalidSettingError(f"not a size: {text!r} (expected e.g. 24GB, 24GiB, 80G or a byte count)")
-        value, unit = float(match.group(1)), match.group(2).lower()
+            raise InvalidSettingError(f"not a size: {text[:60]!r} (expected e.g. 24GB, 24GiB, 80G or a byte count)")
+        value, unit = Decimal(match.group(1)), match.group(2).lower()
         if unit not in _UNITS:
             raise InvalidSettingError(f"unknown size unit {match.group(2)!r} in {text!r}")
     size = int(value * _UNITS[unit])
     if size <= 0:
         raise InvalidSettingError(f"size must be positive, got {text!r}")
+    if size > MAX_BYTES:
+        raise InvalidSettingError(f"size {str(text)[:40]!r} is over 1 EiB; not a memory size")
     return size
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
-from .errors import LoraDoctorError
 from .gpus import GpuSpec
 from .models import ResolvedModel
 from .plan_types import MemoryPlan, PlanSettings
@@ -32,6 +31,7 @@ def finish_plan(result: MemoryPlan, resolved: ResolvedModel, gpu: GpuSpec | None
     s = result.settings
     result.max_batch_size = _largest(lambda b: analytic(replace(s, batch_size=b)).device_peak_bytes <= capacity)
     max_pos = resolved.arch.max_positions
+    max_pos = max_pos if max_pos and max_pos > 0 else None
     limit = max_pos or _MAX_SEARCH
     result.max_seq_len = _largest(lambda n: analytic(replace(s, seq_len=n)).device_peak_bytes <= capacity,
                                   limit=limit)
@@ -119,7 +119,7 @@ def recommend(result: MemoryPlan, analytic: Callable[[PlanSettings], MemoryPlan]
     def safe(s: PlanSettings) -> MemoryPlan | None:
         try:
             return analytic(s)
-        except LoraDoctorError:
+        except Exception:  # noqa: BLE001 - a lever that fails is only dropped, never an error for a valid plan
             return None
 
     text = _recommend(result, safe)

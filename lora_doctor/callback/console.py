@@ -175,6 +175,7 @@ class DoctorConsole:
         self._file = file
         self._rich = rich
         self._width = width
+        self._broken = False
 
     @property
     def file(self) -> IO[str]:
@@ -194,15 +195,26 @@ class DoctorConsole:
         return buffer.getvalue().rstrip("\n")
 
     def emit(self, renderable: Any, plain: str) -> None:
-        if not self.enabled:
+        """Print; never raises. A console that fails (OSError on a full disk, a closed stream) gives one
+        warning and goes quiet, so output can never break training."""
+        if not self.enabled or self._broken:
             return
-        text = self.render(renderable) if self.use_rich() else plain
         try:
-            from tqdm.auto import tqdm
+            text = self.render(renderable) if self.use_rich() else plain
+            try:
+                from tqdm.auto import tqdm
 
-            tqdm.write(text, file=self.file)
-        except Exception:
-            print(text, file=self.file, flush=True)
+                tqdm.write(text, file=self.file)
+            except Exception:
+                print(text, file=self.file, flush=True)
+        except Exception as exc:  # noqa: BLE001 - output must never break training
+            self._broken = True
+            import warnings
+
+            from .callback import LoraDoctorWarning  # imported here: callback.py imports this module
+
+            warnings.warn(f"lora-doctor: console output failed ({type(exc).__name__}: {exc}); further panels and "
+                          "status lines are not printed, training continues", LoraDoctorWarning, stacklevel=2)
 
     def preflight(self, report: PreflightReport) -> None:
         self.emit(preflight_panel(report), preflight_plain(report))

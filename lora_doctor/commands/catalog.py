@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from ..strict_json import dumps
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +46,7 @@ def render(table: list[dict]) -> str:
 def run(args: argparse.Namespace) -> int:
     table = rows(args.family)
     if args.json:
-        print(json.dumps(table, indent=2))
+        print(dumps(table))
         return 0
     if not table:
         from ..catalog import catalog_ids, lookup

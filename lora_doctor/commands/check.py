@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..errors import InvalidSettingError
+from ..memory.targets import normalize_targets
 
 EPILOG = """\
 examples:
@@ -63,9 +64,14 @@ def lora_fields(args: argparse.Namespace) -> dict:
                     "init_lora_weights": {"true": True, "false": False}.get(args.init, args.init)}
     if args.alpha is not None:
         fields["lora_alpha"] = args.alpha
-    if args.target_modules:
+    if args.target_modules is not None:  # "" or "," is an error, as in plan (normalize_targets' one rule)
         text = args.target_modules.strip()
-        fields["target_modules"] = text if args.regex or text.lower() == "all-linear" else _split(text)
+        if args.regex and text:
+            fields["target_modules"] = text
+        elif text.lower() == "all-linear":
+            fields["target_modules"] = "all-linear"
+        else:
+            fields["target_modules"] = list(normalize_targets(_split(text)))
     if args.target_parameters:
         fields["target_parameters"] = _split(args.target_parameters)
     if args.modules_to_save:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from ..strict_json import dumps
 
 EPILOG = """\
 examples:
@@ -48,7 +49,7 @@ def describe(model: object) -> dict:
 def run(args: argparse.Namespace) -> int:
     info = describe(args.model)
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(dumps(info))
         return 0
     rows = [(f["name"], f["type"], f"{f['shape'][0]} x {f['shape'][1]}", str(f["count"]), f["scope"])
             for f in info["families"]]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from ..plan_types import OFFLOADS, STRATEGIES
+from ..strict_json import dumps
 
 EPILOG = """\
 examples:
@@ -25,8 +25,10 @@ optimizer or all adds the CPU RAM per node. --deepspeed / --accelerate-config re
 the launch config (explicit flags win).
 
 GPU: a size (24GB, 24GiB, 80G, bytes), a name (RTX3090, 4090, T4, L4, A10G, A100-40GB, A100-80GB,
-H100, H200, ...) or 'auto' (the local GPU via NVML). GB means GiB, as on GPU spec sheets.
-Exit codes: 0 ok (and fits, when --gpu is given), 1 does not fit, 2 bad input.
+H100, H200, ...) or 'auto' (the local GPU via NVML). GB means GiB, as on GPU spec sheets. A GPU has at
+least 256 MiB, so a bare 24 (bytes) or 1B is an error that asks for a unit.
+Exit codes: 0 ok (and fits, when --gpu is given), 1 does not fit, 2 bad input (one line on stderr).
+-v/--verbose shows third-party warnings and logs on stderr.
 """
 
 
@@ -92,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                   engine="trace" if args.trace else "analytic", **parallel)
              for m in modes]
     if args.json:
-        print(json.dumps({"plans": [p.to_dict() for p in plans]}, indent=2))
+        print(dumps({"plans": [p.to_dict() for p in plans]}))
     else:
         _print(plans, args.gpu is None)
     if args.gpu is not None and args.mode:

@@ -10,6 +10,7 @@ import dataclasses
 
 from typing import Any
 
+from ..errors import InvalidSettingError
 from ..findings import Finding
 from ..models import ResolvedModel, resolve
 from .adapters import ModelFacts, gather_facts
@@ -114,6 +115,19 @@ def _as_peft_converts(settings: LoraSettings, model: Any) -> LoraSettings:
     return dataclasses.replace(converted, explicit_targets=settings.explicit_targets)
 
 
+def _check_arguments(num_examples: Any, dry_run: Any, max_params: Any) -> None:
+    def count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    problems = [msg for ok, msg in (
+        (num_examples is None or count(num_examples), f"num_examples must be None or a count, got {num_examples!r}"),
+        (isinstance(dry_run, bool), f"dry_run must be True or False, got {dry_run!r}"),
+        (count(max_params), f"dry_run_max_params must be a count, got {max_params!r}"),
+    ) if not ok]
+    if problems:
+        raise InvalidSettingError("; ".join(problems))
+
+
 def diagnose(model: Any, lora_config: Any = None, *, training_args: Any = None, tokenizer: Any = None,
              quantization_config: Any = None, dry_run: bool = False, num_examples: int | None = None,
              dry_run_max_params: int = DEFAULT_MAX_PARAMS) -> DoctorReport:
@@ -125,6 +139,7 @@ def diagnose(model: Any, lora_config: Any = None, *, training_args: Any = None, 
     ``dry_run=True`` runs one forward and backward on a tiny synthetic batch. Raises LoraDoctorError
     subclasses for inputs it cannot use (unknown model, invalid setting).
     """
+    _check_arguments(num_examples, dry_run, dry_run_max_params)
     resolved = resolve(model)
     module = resolved.module
     settings = LoraSettings.from_any(lora_config if lora_config is not None else _active_peft_config(module),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +48,9 @@ class DoctorReport:
                 "findings": [f.to_dict() for f in self.findings], "summary": self.summary}
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, default=str)
+        from ..strict_json import dumps
+
+        return dumps(self.to_dict(), indent=indent)
 
     def __rich__(self) -> Any:
         from .render import render_report

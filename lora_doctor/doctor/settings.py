@@ -7,6 +7,7 @@ same attributes; ``quantization_config`` a ``BitsAndBytesConfig`` or a dict of i
 
 from __future__ import annotations
 
+import math
 import re
 
 from dataclasses import dataclass, field, fields
@@ -45,6 +46,9 @@ class LoraSettings:
     def from_any(cls, config: Any, default_targets: tuple[str, ...] = ()) -> "LoraSettings":
         if config is None:
             raw: dict = {}
+        elif not isinstance(config, dict) and not hasattr(config, "target_modules"):
+            raise InvalidSettingError(f"lora_config must be a peft LoraConfig, a dict of its fields or None, "
+                                      f"got {type(config).__name__}")
         elif isinstance(config, dict):
             raw = dict(config)
         else:
@@ -55,10 +59,14 @@ class LoraSettings:
         if isinstance(config, dict):
             _reject_unknown(set(raw) - known)
         kwargs = {k: v for k, v in raw.items() if k in known and v is not None}
+        _check_types(kwargs)
         targets = kwargs.get("target_modules")
         if isinstance(targets, (list, tuple, set, frozenset)):
             kwargs["target_modules"] = tuple(sorted(targets)) if isinstance(targets, (set, frozenset)) else tuple(targets)
-        if not targets and not kwargs.get("target_parameters"):
+        if targets is not None and len(targets) == 0 and not kwargs.get("target_parameters"):
+            raise InvalidSettingError("target_modules is empty; pass names, a regex or 'all-linear' "
+                                      "(or leave it out for peft's default)")  # the same rule as plan()
+        if targets is None and not kwargs.get("target_parameters"):
             kwargs["target_modules"] = tuple(default_targets)
             kwargs["explicit_targets"] = False
         for key in ("modules_to_save", "target_parameters"):
@@ -73,10 +81,10 @@ class LoraSettings:
         problems = []
         if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
             problems.append(f"r must be a positive integer, got {self.r!r}")
-        if not 0.0 <= float(self.lora_dropout) < 1.0:
+        if not _number(self.lora_dropout) or not 0.0 <= self.lora_dropout < 1.0:
             problems.append(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
-        if not isinstance(self.lora_alpha, (int, float)) or isinstance(self.lora_alpha, bool) or self.lora_alpha <= 0:
-            problems.append(f"lora_alpha must be positive, got {self.lora_alpha!r}")
+        if not _number(self.lora_alpha) or self.lora_alpha <= 0:
+            problems.append(f"lora_alpha must be a positive finite number, got {self.lora_alpha!r}")
         for name in ("target_modules", "exclude_modules"):
             pattern = getattr(self, name)
             if isinstance(pattern, str) and pattern.lower() != ALL_LINEAR:
@@ -140,6 +148,55 @@ class QuantSettings:
         dtype = get("bnb_4bit_compute_dtype", None) or "float32"
         return cls(bits, str(get("bnb_4bit_quant_type", "fp4") or "fp4"), dtype_name(dtype),
                    bool(get("bnb_4bit_use_double_quant", False)))
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _names(v: Any) -> bool:
+    return isinstance(v, (list, tuple, set, frozenset)) and all(isinstance(x, str) for x in v)
+
+
+def _pattern_map(value_ok: Any) -> Any:
+    return lambda v: isinstance(v, dict) and all(isinstance(k, str) and value_ok(x) for k, x in v.items())
+
+
+# LoraConfig field -> (accepts, what it must be): a dict config of the wrong types is one clear error.
+_FIELD_TYPES: dict[str, tuple[Any, str]] = {
+    "target_modules": (lambda v: isinstance(v, str) or _names(v), "a list of module names or a regex string"),
+    "r": (_integer, "an integer"),
+    "lora_alpha": (_number, "a finite number"),
+    "lora_dropout": (_number, "a finite number"),
+    "use_rslora": (lambda v: isinstance(v, bool), "True or False"),
+    "fan_in_fan_out": (lambda v: isinstance(v, bool), "True or False"),
+    "ensure_weight_tying": (lambda v: isinstance(v, bool), "True or False"),
+    "init_lora_weights": (lambda v: isinstance(v, (bool, str)), "True, False or an initialization name"),
+    "bias": (lambda v: isinstance(v, str), "'none', 'all' or 'lora_only'"),
+    "rank_pattern": (_pattern_map(lambda x: _integer(x) and x > 0), "a dict {pattern: positive rank}"),
+    "alpha_pattern": (_pattern_map(lambda x: _number(x) and x > 0), "a dict {pattern: positive alpha}"),
+    "modules_to_save": (_names, "a list of module names"),
+    "target_parameters": (_names, "a list of parameter names"),
+    "exclude_modules": (lambda v: isinstance(v, str) or _names(v), "a list of module names or a regex string"),
+    "layers_to_transform": (lambda v: _integer(v) or (isinstance(v, (list, tuple)) and all(map(_integer, v))),
+                            "a layer index or a list of them"),
+    "layers_pattern": (lambda v: isinstance(v, str) or _names(v), "a name or a list of names"),
+    "task_type": (lambda v: isinstance(v, str), "a task type name such as 'CAUSAL_LM'"),
+    "trainable_token_indices": (lambda v: (isinstance(v, (list, tuple)) and all(map(_integer, v)))
+                                or _pattern_map(lambda x: isinstance(x, (list, tuple)) and all(map(_integer, x)))(v),
+                                "a list of token ids or a dict {module: token ids}"),
+}
+
+
+def _check_types(kwargs: dict) -> None:
+    problems = [f"{name} must be {what}, got {str(kwargs[name])[:40]!r}"
+                for name, (accepts, what) in _FIELD_TYPES.items() if name in kwargs and not accepts(kwargs[name])]
+    if problems:
+        raise InvalidSettingError("; ".join(problems))
 
 
 def _reject_unknown(keys: set[str]) -> None:

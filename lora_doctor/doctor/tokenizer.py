@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import InvalidSettingError
 from ..findings import Finding
 from .registry import finding
 from .settings import LoraSettings
@@ -21,10 +22,22 @@ class TokenizerFacts:
 
     @classmethod
     def from_tokenizer(cls, tok: Any) -> "TokenizerFacts":
-        base = int(getattr(tok, "vocab_size", 0) or 0)
-        added = getattr(tok, "added_tokens_decoder", None) or {}
-        return cls(int(len(tok)), base, getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None),
-                   getattr(tok, "pad_token", None), tuple(sorted(i for i in added if i >= base)))
+        """Read the facts; anything that is not a tokenizer (no ``len``, odd ids) is InvalidSettingError."""
+        if not hasattr(tok, "vocab_size") and hasattr(getattr(tok, "tokenizer", None), "vocab_size"):
+            tok = tok.tokenizer  # a processor (vision / speech models) wraps the tokenizer
+        try:
+            if isinstance(tok, (str, bytes)) or not hasattr(tok, "vocab_size"):
+                raise TypeError("no vocab_size; pass the tokenizer object, not its name")
+            base = int(getattr(tok, "vocab_size", 0) or 0)
+            added = getattr(tok, "added_tokens_decoder", None) or {}
+            pad, eos = getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None)
+            if not all(i is None or (isinstance(i, int) and not isinstance(i, bool)) for i in (pad, eos)):
+                raise TypeError("pad_token_id / eos_token_id are not integers")
+            return cls(int(len(tok)), base, pad, eos, getattr(tok, "pad_token", None),
+                       tuple(sorted(int(i) for i in added if i >= base)))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise InvalidSettingError(f"tokenizer must be a transformers tokenizer, got {type(tok).__name__} "
+                                      f"({exc})") from None
 
 
 def trains_new_tokens(s: LoraSettings, embedding_names: list[str]) -> bool:

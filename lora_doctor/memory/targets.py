@@ -9,34 +9,59 @@ pattern modulo the layer index, so matching one example path decides the whole f
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from ..arch import ArchSpec, LinearFamily
 from ..errors import InvalidSettingError
 
 
 def normalize_targets(target_modules: str | Sequence[str] | None) -> str | tuple[str, ...] | None:
-    """Accept a list, a comma-separated string of names, a regex string, "all-linear" or None."""
+    """Accept a list, a comma-separated string of names, a regex string, "all-linear" or None.
+
+    The one rule for the API, ``plan`` and ``check``: an empty list (or ``","``) is an error, not the default.
+    """
     if target_modules is None:
         return None
     if isinstance(target_modules, str):
         text = target_modules.strip()
         if text.lower() == "all-linear":  # peft compares case-insensitively
             return "all-linear"
-        if "," in text or re.fullmatch(r"[A-Za-z0-9_.]+", text):
+        if not text or "," in text or re.fullmatch(r"[A-Za-z0-9_.]+", text):
             names = tuple(part.strip() for part in text.split(",") if part.strip())
             if not names:
-                raise InvalidSettingError("target_modules is empty")
+                raise InvalidSettingError(f"target_modules {target_modules!r} names no module; pass names, a regex "
+                                          "or 'all-linear' (or leave it out for peft's default)")
             return names
         try:
             re.compile(text)
-        except re.error as exc:
+        except (re.error, RecursionError, OverflowError) as exc:
             raise InvalidSettingError(f"target_modules regex {text!r} does not compile: {exc}") from None
         return text
-    names = tuple(str(t) for t in target_modules)
+    if isinstance(target_modules, (bytes, dict)) or not isinstance(target_modules, Iterable):
+        raise InvalidSettingError(f"target_modules must be a list of names, a regex string, 'all-linear' or None, "
+                                  f"got {type(target_modules).__name__} {str(target_modules)[:40]!r}")
+    names = tuple(target_modules)
+    bad = [t for t in names if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise InvalidSettingError(f"target_modules must hold non-empty module names (strings), got {bad[0]!r}")
     if not names:
-        raise InvalidSettingError("target_modules is empty")
+        raise InvalidSettingError("target_modules is empty; pass names, a regex or 'all-linear' "
+                                  "(or leave it out for peft's default)")
     return names
+
+
+# What the planner adapts when peft has no default target_modules for the architecture (Phi-3, ...):
+# every linear layer except the output head, as peft's "all-linear" (the QLoRA paper's recipe). It names
+# the same layers on every architecture, where the attention projections are spelled differently.
+FALLBACK_TARGETS = "all-linear"
+
+
+def fallback_targets_note(arch: ArchSpec, target_modules: object) -> str | None:
+    """The note a plan carries when it used :data:`FALLBACK_TARGETS` because peft has no default."""
+    if target_modules is not None or arch.default_targets:
+        return None
+    return (f"peft has no default target_modules for model_type {arch.model_type!r}: planned with "
+            f"target_modules={FALLBACK_TARGETS!r}; get_peft_model needs them passed explicitly")
 
 
 def _matches(target: str | tuple[str, ...], family: LinearFamily) -> bool:
@@ -47,15 +72,11 @@ def _matches(target: str | tuple[str, ...], family: LinearFamily) -> bool:
 
 
 def targeted_families(arch: ArchSpec, target_modules: str | Sequence[str] | None) -> list[LinearFamily]:
-    """The families LoRA would wrap. ``None`` means peft's default for the architecture."""
+    """The families LoRA would wrap. ``None`` means peft's default for the architecture (or
+    :data:`FALLBACK_TARGETS` when peft has none)."""
     target = normalize_targets(target_modules)
-    if target is None:
-        if not arch.default_targets:
-            raise InvalidSettingError(
-                f"peft has no default target_modules for model_type {arch.model_type!r}; "
-                "pass target_modules (e.g. 'all-linear')"
-            )
-        target = tuple(arch.default_targets)
+    if target is None:  # peft's default, or the documented fallback (see fallback_targets_note)
+        target = tuple(arch.default_targets) or FALLBACK_TARGETS
     if target == "all-linear":
         return [f for f in arch.linear_families if f.scope != "head"]
     found = [f for f in arch.linear_families if _matches(target, f)]
