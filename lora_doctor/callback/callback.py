@@ -27,25 +27,10 @@ from .memory import MemoryMeter, MemoryReading, judge_memory, memory_metrics
 from .monitor import Monitor, Thresholds
 from .preflight import PreflightReport, run_preflight
 from .probes import FirstBatchHook
-from .vote import ABSENT, VOTE_CODES, Outcome, RankReport, exchange, peer_finding, settle, world
+from .stopping import ACTION_OPTION, model_only_finding, stop_finding
+from .vote import ABSENT, Outcome, RankReport, exchange, peer_finding, rank_report, settle, world
 
 ACTIONS = ("warn", "stop")
-# finding code -> which option decides what happens
-ACTION_OPTION = {
-    "grad-norm-spike": "on_explosion",
-    "loss-spike": "on_explosion",
-    "grad-norm-non-finite": "on_nonfinite",
-    "loss-non-finite": "on_nonfinite",
-}
-NONFINITE_CODES = {code for code, option in ACTION_OPTION.items() if option == "on_nonfinite"}
-
-
-def _number(value: Any) -> float | None:
-    """A finding's value as a float ("nan" and "inf" included); None when absent or not a number."""
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
 REPORT_ONCE = {"memory-plan-off", "memory-headroom-low", "update-ratio-high", "adapters-dead"}
 
 
@@ -112,7 +97,6 @@ class LoraDoctorCallback(TrainerCallback):
         self._reported: set[str] = set()
         self._unprinted: list[Finding] = []
         self._candidate: Finding | None = None   # this rank's finding in the current vote
-        self._seen_now: set[tuple] = set()
         self._failed: set[str] = set()
         self._main = True
         self._cpu = True
@@ -165,10 +149,9 @@ class LoraDoctorCallback(TrainerCallback):
             try:
                 found = apply_fallback(model, self.report)
             except WontFitError as exc:
-                self.findings.append(Finding("auto-fallback-wont-fit", "error", str(exc),
-                                             "use a larger GPU, shorter sequences or a smaller micro-batch", {}))
-                if self._main:
-                    self.console.alarm(self.findings[-1:])
+                self._record([Finding("auto-fallback-wont-fit", "error", str(exc),
+                                      "use a larger GPU, shorter sequences or a smaller micro-batch", {})])
+                self._checked("console", self._flush)
                 raise
             except Exception as exc:  # any other failure (no checkpointing support, bitsandbytes missing): go on
                 self._internal_error("auto_fallback", exc)
@@ -179,9 +162,8 @@ class LoraDoctorCallback(TrainerCallback):
                 self.findings = [f for f in self.findings if f.code != "memory-wont-fit"]
                 if self.monitor is not None:
                     self.monitor.refresh_adapters(model)
-                self.findings.append(found)
-                if self._main:
-                    self.console.alarm([found])
+                self._record([found])
+                self._checked("console", self._flush)
 
     @_guarded
     def _preflight(self, model: Any, args: Any, tokenizer: Any, batch: int | None, seq: int | None) -> None:
@@ -189,7 +171,7 @@ class LoraDoctorCallback(TrainerCallback):
                                     batch=batch, seq_len=seq, gpu=self.gpu, use_library=self.run_preflight)
         self.findings += self.report.findings
         if self._main:
-            self.console.preflight(self.report)
+            self._checked("console", self.console.preflight, self.report)
 
     # ---- per step -------------------------------------------------------------------------
     def _due(self, args: Any, state: Any, step: int) -> bool:
@@ -226,15 +208,8 @@ class LoraDoctorCallback(TrainerCallback):
         return self.actions.get(ACTION_OPTION.get(f.code, ""), "warn") == "stop"
 
     def _report(self, new: list[Finding], **latest: Any) -> RankReport:
-        """This rank's row for the vote: its most urgent new finding (a stopping one first) and latest values."""
-        votable = sorted((f for f in new if f.code in VOTE_CODES),
-                         key=lambda f: (not self._stops(f), VOTE_CODES.index(f.code)))
-        top = self._candidate = votable[0] if votable else None
-        self._seen_now = {(f.code, f.data.get("step")) for f in votable}
-        if top is None:
-            return RankReport(world()[0], True, **latest)
-        return RankReport(world()[0], True, self._stops(top), top.code, top.data.get("step"),
-                          _number(top.data.get("value")), _number(top.data.get("local_value")), **latest)
+        report, self._candidate = rank_report(world()[0], new, self._stops, **latest)
+        return report
 
     def _vote(self, args: Any, step: int, mine: RankReport | None, model: Any) -> None:
         """Join the collective (always), then act on what every rank concludes alike."""
@@ -257,14 +232,18 @@ class LoraDoctorCallback(TrainerCallback):
             self._skipped_update = outcome.nonfinite_at(step) and self._scaler is None
             if not own:
                 self._record([self._stop])
-        seen = self._seen_now
-        peers = [r for r in outcome.alarms if r.rank != rank and r is not trigger and (r.code, r.step) not in seen]
+        peers = [r for r in outcome.alarms
+                 if r.rank != rank and r is not trigger and (r.code, r.step) not in self._known()]
         self._record([peer_finding(r) for r in peers])
-        self._candidate, self._seen_now = None, set()
+        self._candidate = None
         if self.monitor is not None:
             latest = self.monitor.latest
             latest.grad_norm = outcome.grad_norm if outcome.grad_norm is not None else latest.grad_norm
             latest.loss = outcome.loss if outcome.loss is not None else latest.loss
+
+    def _known(self) -> set[tuple]:
+        """(code, step) of every finding this rank holds: a peer's copy of one adds nothing."""
+        return {(f.code, f.data.get("step")) for f in self.findings}
 
     def _drop_gradients(self, model: Any) -> None:
         """Skip this optimizer update: torch optimizers leave parameters whose grad is None untouched."""
@@ -315,32 +294,12 @@ class LoraDoctorCallback(TrainerCallback):
                             tolerance=self.thresholds.plan_tolerance, min_headroom=self.thresholds.min_headroom)
 
     def _request_stop(self, args: Any, state: Any, control: Any) -> None:
-        trigger, step = self._stop, state.global_step
-        self.stopped_at = step
+        self.stopped_at = state.global_step
         control.should_training_stop = True
-        where = "no checkpoint (save_on_stop=False)"
         if self.save_on_stop:
             control.should_save = True
             self.checkpoint = checkpoint_dir(args, state)
-            where = f"checkpoint {self.checkpoint}"
-        option = ACTION_OPTION.get(trigger.code)
-        why = f"{option}='stop'" if option else "asked by another rank"
-        seen_on = f" on rank {trigger.data['rank']}" if "rank" in trigger.data else ""
-        caveat = ""
-        if trigger.code in NONFINITE_CODES:
-            caveat = (" The non-finite update was skipped, so the saved weights are the last finite ones."
-                      if self._skipped_update else
-                      " It was noticed after the bad step, so the saved weights may hold NaN/inf: "
-                      "resume from an earlier checkpoint if they do (check_every=1 catches it in time).")
-        stopped = Finding(
-            "training-stopped", trigger.severity,
-            f"training stopped at step {step} ({why}) because of {trigger.code}{seen_on}; {where}.{caveat}",
-            f"fix the cause ({trigger.fix}), then resume with "
-            f"trainer.train(resume_from_checkpoint={self.checkpoint!r})" if self.checkpoint else trigger.fix,
-            {"step": step, "trigger": trigger.code, "checkpoint": self.checkpoint, **{
-                k: trigger.data[k] for k in ("rank",) if k in trigger.data}},
-        )
-        self._record([stopped])
+        self._record([stop_finding(self._stop, state.global_step, self.checkpoint, self._skipped_update)])
 
     # ---- logs, saves, end -----------------------------------------------------------------
     @_guarded
@@ -376,7 +335,7 @@ class LoraDoctorCallback(TrainerCallback):
         if state.log_history and state.log_history[-1].get("step") == step:
             state.log_history[-1].update(metrics)
         if self._main:
-            self.console.status(self._status(step))
+            self._checked("console", self.console.status, self._status(step))
 
     def _status(self, step: int) -> Status:
         latest = self.monitor.latest
@@ -394,18 +353,9 @@ class LoraDoctorCallback(TrainerCallback):
         """The Trainer may not honour ``should_save`` (``save_strategy="best"`` overrides it): save ourselves."""
         if not self.checkpoint or os.path.isdir(self.checkpoint) or model is None:
             return
-        model.save_pretrained(self.checkpoint)
-        found = Finding(
-            "stop-checkpoint-model-only", "warning",
-            f"the Trainer did not write the stop checkpoint {self.checkpoint} (its save strategy overrode the "
-            "request), so lora-doctor saved the model weights there (adapters for a PeftModel), without "
-            "optimizer, scheduler or RNG state",
-            f"reload the weights from {self.checkpoint} (PeftModel.from_pretrained for adapters) and start a new "
-            "run; resume_from_checkpoint needs a full Trainer checkpoint",
-            {"checkpoint": self.checkpoint})
-        self.findings.append(found)
-        if self._main:
-            self.console.alarm([found])
+        model.save_pretrained(self.checkpoint, is_main_process=self._main)   # one writer under DDP
+        self._record([model_only_finding(self.checkpoint)])
+        self._checked("console", self._flush)
 
     @_guarded
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -160,7 +160,8 @@ class LossProbe:
                 # with gradient accumulation, transformers normalizes each micro-batch's loss by the tokens of
                 # the whole accumulated batch: the step's loss is then their sum, not their mean
                 self._summed = kwargs.get("num_items_in_batch") is not None
-                self._current.append(loss.detach().float().reshape(()))
+                # a copy: the Trainer scales the returned loss in place (``loss *= world_size``) after the forward
+                self._current.append(loss.detach().clone().float().reshape(()))
         except Exception as exc:   # never break forward
             self.errors.append(exc)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ..findings import Finding
 from .health import GRAD_NORM, LOSS
@@ -72,6 +72,25 @@ class RankReport:
 
 
 ABSENT = [0.0] * ROW
+
+
+def _number(value: Any) -> float | None:
+    """A finding's value as a float ("nan" and "inf" included); None when absent or not a number."""
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def rank_report(rank: int, new: list[Finding], stops: Callable[[Finding], bool],
+                **latest: Any) -> tuple[RankReport, Finding | None]:
+    """This rank's row (its most urgent new finding, a stopping one first, and its latest values), and that finding."""
+    votable = sorted((f for f in new if f.code in VOTE_CODES), key=lambda f: (not stops(f), VOTE_CODES.index(f.code)))
+    top = votable[0] if votable else None
+    if top is None:
+        return RankReport(rank, True, **latest), None
+    return RankReport(rank, True, stops(top), top.code, top.data.get("step"), _number(top.data.get("value")),
+                      _number(top.data.get("local_value")), **latest), top
 
 
 def world() -> tuple[int, int]:
