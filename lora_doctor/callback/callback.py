@@ -27,7 +27,7 @@ from .memory import MemoryMeter, MemoryReading, judge_memory, memory_metrics
 from .monitor import Monitor, Thresholds
 from .preflight import PreflightReport, run_preflight
 from .probes import FirstBatchHook
-from .stopping import ACTION_OPTION, model_only_finding, stop_finding
+from .stopping import ACTION_OPTION, DEEPSPEED_LIMITS, model_only_finding, stop_finding
 from .vote import ABSENT, Outcome, RankReport, exchange, peer_finding, rank_report, settle, world
 
 ACTIONS = ("warn", "stop")
@@ -99,7 +99,6 @@ class LoraDoctorCallback(TrainerCallback):
         self._candidate: Finding | None = None   # this rank's finding in the current vote
         self._failed: set[str] = set()
         self._main = True
-        self._cpu = True
         self._scaler: Any = None
         self._device: Any = None
         self._meter: MemoryMeter | None = None
@@ -131,14 +130,16 @@ class LoraDoctorCallback(TrainerCallback):
         self.on_train_end(args, state, control)   # a second train() on the same callback: drop old hooks
         first = next(model.parameters(), None)
         self._device = first.device if first is not None else None
-        self._cpu = self._device is None or self._device.type == "cpu"
         self._meter = MemoryMeter(self._device)
         self._scaler = getattr(optimizer, "scaler", None) if getattr(args, "fp16", False) else None
         size = world()[1]
         averaged = size > 1 and bool(getattr(args, "average_tokens_across_devices", False))
         self.monitor = Monitor(model, self.thresholds, fp16_scaling=self._scaler is not None, world_size=size,
                                loss_factor=float(size) if averaged else 1.0)
-        self.monitor.attach(model)
+        deepspeed = bool(getattr(args, "deepspeed", None))
+        self.monitor.attach(model, gradients=not deepspeed)
+        if deepspeed:
+            self._record([DEEPSPEED_LIMITS])
         self._first_batch_hook = FirstBatchHook(
             lambda batch, seq: self._before_first_step(model, args, processing_class, batch, seq))
         self._first_batch_hook.attach(model)

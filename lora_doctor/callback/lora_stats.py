@@ -143,8 +143,10 @@ def summarize(model: torch.nn.Module, adapters: list[Adapter] | None = None) -> 
 
 
 def is_sharded(t: Any) -> bool:
-    """A DTensor (FSDP2) or a view into an FSDP1 flat parameter: it holds this rank's shard only."""
-    return callable(getattr(t, "to_local", None)) or bool(getattr(t, "_fsdp_flattened", False))
+    """A DTensor (FSDP2), a view into an FSDP1 flat parameter, or a DeepSpeed ZeRO-3 partitioned parameter
+    (``ds_tensor``; its ``.data`` is empty between gathers): it holds this rank's shard only."""
+    return (callable(getattr(t, "to_local", None)) or bool(getattr(t, "_fsdp_flattened", False))
+            or hasattr(t, "ds_tensor"))
 
 
 def sharded_adapters(adapters: list[Adapter]) -> bool:
@@ -153,10 +155,10 @@ def sharded_adapters(adapters: list[Adapter]) -> bool:
 
 SHARDED_SKIP = Finding(
     "adapter-checks-sharded", "info",
-    "the adapter weights are sharded across ranks (FSDP: DTensor or flat parameters), so the checks that need "
-    "whole lora_A / lora_B tensors are skipped: both-zero initialization, dead adapters, update-to-weight ratio; "
-    "the gradient, loss and memory checks still run",
-    "to run them, train a few steps on one GPU or under DDP (torchrun without FSDP) with the same config",
+    "the adapter weights are sharded across ranks (FSDP DTensor or flat parameters, DeepSpeed ZeRO-3), so the "
+    "checks that need whole lora_A / lora_B tensors are skipped: both-zero initialization, dead adapters, "
+    "update-to-weight ratio; the gradient, loss and memory checks still run",
+    "to run them, train a few steps on one GPU or under DDP (torchrun without FSDP or ZeRO-3) with the same config",
     {},
 )
 

@@ -88,8 +88,10 @@ class Monitor:
         self.adapters = find_adapters(model)
         self._base_norms = None
 
-    def attach(self, model: torch.nn.Module) -> None:
-        self.grad.attach()
+    def attach(self, model: torch.nn.Module, *, gradients: bool = True) -> None:
+        """``gradients=False``: no gradient hooks (DeepSpeed owns the gradients); the logged norm is judged."""
+        if gradients:
+            self.grad.attach()
         self.loss.attach(model)
 
     def detach(self) -> None:

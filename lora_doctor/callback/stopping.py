@@ -1,4 +1,4 @@
-"""What the callback says when it stops a run (pure: findings in, findings out)."""
+"""What the callback says when it stops a run, or cannot stop a bad update in time (pure)."""
 
 from __future__ import annotations
 
@@ -46,3 +46,14 @@ def model_only_finding(checkpoint: str) -> Finding:
         f"reload the weights from {checkpoint} (PeftModel.from_pretrained for adapters) and start a new "
         "run; resume_from_checkpoint needs a full Trainer checkpoint",
         {"checkpoint": checkpoint})
+
+
+DEEPSPEED_LIMITS = Finding(
+    "deepspeed-checks-limited", "info",
+    "DeepSpeed owns the gradients (ZeRO reduces and partitions them inside its engine), so the callback does not "
+    "hook them: the gradient checks judge the engine's global gradient norm that the Trainer logs, at logging "
+    "steps only, without the per-module breakdown, and a non-finite update cannot be dropped before "
+    "optimizer.step(); under ZeRO-3 the adapter weight checks are skipped too (the weights are partitioned)",
+    "log every step (logging_steps=1) for per-step gradient checks; to run every check, train a few steps "
+    "without DeepSpeed (one GPU or DDP) with the same config",
+    {})
