@@ -72,3 +72,21 @@ def test_a_local_rank_without_its_gpu_is_an_error_that_names_the_fix():
     with pytest.raises(InvalidSettingError) as info:
         default_device({"LOCAL_RANK": "x", "WORLD_SIZE": "2"}, 2, 0)
     assert isinstance(info.value, LoraDoctorError)
+
+
+def test_each_rank_concludes_the_same_stop_and_drops_the_update():
+    from lora_doctor.findings import Finding
+    from lora_doctor.callback.vote import conclude
+
+    rows = [row(0, stop=True, code="grad-norm-non-finite", step=3, value=math.nan, local_value=0.4),
+            row(1, stop=True, code="grad-norm-non-finite", step=3, value=math.nan, local_value=math.nan)]
+    outcome = settle(rows)
+    own = Finding("grad-norm-non-finite", "error", "gradient norm is nan at step 3", "fix", {"step": 3})
+    on_rank0 = conclude(outcome, 3, 0, 2, own, {("grad-norm-non-finite", 3)}, stopping=False)
+    on_rank1 = conclude(outcome, 3, 1, 2, own, {("grad-norm-non-finite", 3)}, stopping=False)
+    assert on_rank0.drop_update and on_rank1.drop_update
+    assert on_rank0.stop.data["rank"] == on_rank1.stop.data["rank"] == 1
+    assert on_rank0.findings == [on_rank0.stop] and "on rank 1 at step 3" in on_rank0.stop.message
+    assert on_rank1.stop.message == own.message and on_rank1.findings == []   # its own finding, not a copy
+    later = conclude(outcome, 3, 0, 2, None, set(), stopping=True)
+    assert later.stop is None and later.drop_update   # already stopping: no new trigger, the update still dropped

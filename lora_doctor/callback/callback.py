@@ -9,7 +9,6 @@ exception inside the callback is reported once as a :class:`LoraDoctorWarning` (
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import warnings
@@ -28,7 +27,7 @@ from .monitor import Monitor, Thresholds
 from .preflight import PreflightReport, run_preflight
 from .probes import FirstBatchHook
 from .stopping import ACTION_OPTION, DEEPSPEED_LIMITS, model_only_finding, stop_finding
-from .vote import ABSENT, Outcome, RankReport, exchange, peer_finding, rank_report, settle, world
+from .vote import ABSENT, Outcome, RankReport, conclude, exchange, rank_report, settle, world
 
 ACTIONS = ("warn", "stop")
 REPORT_ONCE = {"memory-plan-off", "memory-headroom-low", "update-ratio-high", "adapters-dead"}
@@ -222,29 +221,19 @@ class LoraDoctorCallback(TrainerCallback):
         self._checked("agreed vote", self._apply, outcome, step, model)
 
     def _apply(self, outcome: Outcome, step: int, model: Any) -> None:
-        if outcome.nonfinite_at(step) and self._scaler is None:
+        rank, size = world()
+        verdict = conclude(outcome, step, rank, size, self._candidate,
+                           {(f.code, f.data.get("step")) for f in self.findings}, self._stop is not None)
+        if verdict.drop_update and self._scaler is None:
             self._drop_gradients(model)   # on every rank: the optimizer skips this update everywhere
-        rank, trigger = world()[0], outcome.trigger
-        if trigger is not None and self._stop is None:
-            own = trigger.rank == rank and self._candidate is not None
-            self._stop = self._candidate if own else peer_finding(trigger)
-            if own and world()[1] > 1:
-                self._stop = dataclasses.replace(self._stop, data={**self._stop.data, "rank": rank})
-            self._skipped_update = outcome.nonfinite_at(step) and self._scaler is None
-            if not own:
-                self._record([self._stop])
-        peers = [r for r in outcome.alarms
-                 if r.rank != rank and r is not trigger and (r.code, r.step) not in self._known()]
-        self._record([peer_finding(r) for r in peers])
+        if verdict.stop is not None:
+            self._stop, self._skipped_update = verdict.stop, verdict.drop_update and self._scaler is None
+        self._record(verdict.findings)
         self._candidate = None
         if self.monitor is not None:
             latest = self.monitor.latest
             latest.grad_norm = outcome.grad_norm if outcome.grad_norm is not None else latest.grad_norm
             latest.loss = outcome.loss if outcome.loss is not None else latest.loss
-
-    def _known(self) -> set[tuple]:
-        """(code, step) of every finding this rank holds: a peer's copy of one adds nothing."""
-        return {(f.code, f.data.get("step")) for f in self.findings}
 
     def _drop_gradients(self, model: Any) -> None:
         """Skip this optimizer update: torch optimizers leave parameters whose grad is None untouched."""

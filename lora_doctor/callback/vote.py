@@ -14,8 +14,9 @@ of the latest step (NaN: unknown).
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..findings import Finding
@@ -206,3 +207,28 @@ def peer_finding(r: RankReport) -> Finding:
     then = "every rank stops" if r.stop else "training goes on"
     return Finding(r.code, SEVERITY[r.code], f"{describe(r)}: seen by rank {r.rank}; {then}", FIXES[r.code],
                    {"rank": r.rank, "step": r.step, "value": r.value, "local_value": r.local_value})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one rank does after a vote."""
+
+    drop_update: bool = False       # a non-finite stop at this very step: drop the gradients before optimizer.step()
+    stop: Finding | None = None     # the trigger, when this vote decided to stop
+    findings: list[Finding] = field(default_factory=list)   # other ranks' findings this rank did not have
+
+
+def conclude(outcome: Outcome, step: int, rank: int, world_size: int, mine: Finding | None,
+             known: set[tuple], stopping: bool) -> Verdict:
+    """This rank's part of the agreed outcome (pure). ``mine``: the finding this rank sent; ``known``: the
+    (code, step) of findings it holds; ``stopping``: a stop was already decided."""
+    trigger, stop, added = outcome.trigger, None, []
+    if trigger is not None and not stopping:
+        own = trigger.rank == rank and mine is not None
+        stop = mine if own else peer_finding(trigger)
+        if own and world_size > 1:
+            stop = dataclasses.replace(stop, data={**stop.data, "rank": rank})
+        added += [] if own else [stop]
+    added += [peer_finding(r) for r in outcome.alarms
+              if r.rank != rank and r is not trigger and (r.code, r.step) not in known]
+    return Verdict(outcome.nonfinite_at(step), stop, added)
