@@ -187,7 +187,7 @@ class LoraDoctorCallback(TrainerCallback):
         due = self._due(args, state, step)
         mine = self._checked("per-step checks", self._step_verdict, step, due)
         if due:   # every rank, whatever failed above: the vote is a collective
-            self._vote(args, step, mine, model)
+            self._vote(args, step, mine, model, before_update=True)
         self._checked("console", self._flush)
 
     def _step_verdict(self, step: int, due: bool) -> RankReport | None:
@@ -211,23 +211,25 @@ class LoraDoctorCallback(TrainerCallback):
         report, self._candidate = rank_report(world()[0], new, self._stops, **latest)
         return report
 
-    def _vote(self, args: Any, step: int, mine: RankReport | None, model: Any) -> None:
-        """Join the collective (always), then act on what every rank concludes alike."""
+    def _vote(self, args: Any, step: int, mine: RankReport | None, model: Any, *, before_update: bool) -> None:
+        """Join the collective (always), then act on what every rank concludes alike. ``before_update``: the
+        optimizer has not stepped yet, so a non-finite update can still be dropped."""
         try:
             row = mine.encode() if mine is not None else ABSENT
         except Exception:
             row = ABSENT
         outcome = settle(exchange(row, args))
-        self._checked("agreed vote", self._apply, outcome, step, model)
+        self._checked("agreed vote", self._apply, outcome, step, model, before_update)
 
-    def _apply(self, outcome: Outcome, step: int, model: Any) -> None:
+    def _apply(self, outcome: Outcome, step: int, model: Any, before_update: bool) -> None:
         rank, size = world()
         verdict = conclude(outcome, step, rank, size, self._candidate,
                            {(f.code, f.data.get("step")) for f in self.findings}, self._stop is not None)
-        if verdict.drop_update and self._scaler is None:
+        drop = verdict.drop_update and before_update and self._scaler is None
+        if drop:
             self._drop_gradients(model)   # on every rank: the optimizer skips this update everywhere
         if verdict.stop is not None:
-            self._stop, self._skipped_update = verdict.stop, verdict.drop_update and self._scaler is None
+            self._stop, self._skipped_update = verdict.stop, drop
         self._record(verdict.findings)
         self._candidate = None
         if self.monitor is not None:
@@ -300,7 +302,7 @@ class LoraDoctorCallback(TrainerCallback):
         step = state.global_step
         if "grad_norm" in logs:   # the Trainer's training logs, on every rank alike: a vote is safe here
             mine = self._checked("logged gradient norm", self._log_verdict, step, logs.get("grad_norm"))
-            self._vote(args, step, mine, None)
+            self._vote(args, step, mine, None, before_update=False)
             if self._stop is not None and self.stopped_at is None:
                 self._request_stop(args, state, control)
         if self.monitor is not None:
