@@ -24,6 +24,8 @@ def test_rows_round_trip_with_nan_and_unknowns():
         True, "grad-norm-non-finite", 7, None, "global", 2.5)
     assert math.isnan(back.value) and math.isnan(back.local_value)
     assert RankReport.decode(0, ABSENT) == RankReport(0)   # an absent rank carries nothing
+    nan_loss = RankReport.decode(0, RankReport(0, True, loss=math.nan).encode()).loss
+    assert nan_loss is not None and math.isnan(nan_loss)   # a NaN loss is a value, not "unknown"
 
 
 def test_the_rank_where_a_nan_started_is_the_cause():

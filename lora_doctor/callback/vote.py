@@ -9,7 +9,7 @@ outcome on every rank.
 
 Row layout (float64): present, stop, code index (-1: none), step, value, local value known, local
 value, gradient sum of squares of the latest step (-1: unknown), its kind (:data:`GRAD_KINDS`), loss
-of the latest step (NaN: unknown).
+known, loss of the latest step (NaN/inf travel as themselves).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ FIXES = {GRAD_NORM.nonfinite_code: GRAD_NORM.nonfinite_fix, LOSS.nonfinite_code:
          GRAD_NORM.spike_code: GRAD_NORM.spike_fix, LOSS.spike_code: LOSS.spike_fix}
 # how the latest gradient sum of squares combines across ranks
 GRAD_KINDS = ("none", "global", "shard", "local")   # global: already reduced (DDP); shard: sum over ranks
-ROW = 10
+ROW = 11
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class RankReport:
                 0.0 if self.local_value is None else float(self.local_value),
                 -1.0 if self.grad_sq is None else float(self.grad_sq),
                 float(GRAD_KINDS.index(self.grad_kind)) if self.grad_kind in GRAD_KINDS else 0.0,
-                nan if self.loss is None else float(self.loss)]
+                float(self.loss is not None), 0.0 if self.loss is None else float(self.loss)]
 
     @classmethod
     def decode(cls, rank: int, row: list[float]) -> "RankReport":
@@ -69,7 +69,7 @@ class RankReport:
                    row[4] if code else None, row[6] if row[5] == 1.0 else None,
                    row[7] if row[7] >= 0 or math.isnan(row[7]) else None,
                    GRAD_KINDS[int(row[8])] if 0 <= row[8] < len(GRAD_KINDS) else "none",
-                   None if math.isnan(row[9]) else row[9])
+                   row[10] if row[9] == 1.0 else None)
 
 
 ABSENT = [0.0] * ROW
