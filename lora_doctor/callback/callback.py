@@ -21,21 +21,15 @@ from ..findings import Finding
 from ..gpus import parse_gpu
 from .console import DoctorConsole, Status
 from .fallback import apply_fallback
-from .glue import agree, checkpoint_dir, find_callback_handler, is_logging_step, move_before_reporters
+from .glue import checkpoint_dir, find_callback_handler, is_logging_step, move_before_reporters
 from .memory import MemoryMeter, MemoryReading, judge_memory, memory_metrics
 from .monitor import Monitor, Thresholds
 from .preflight import PreflightReport, run_preflight
 from .probes import FirstBatchHook
+from .stopping import ACTION_OPTION, DEEPSPEED_LIMITS, model_only_finding, stop_finding
+from .vote import ABSENT, Outcome, RankReport, conclude, exchange, rank_report, settle, world
 
 ACTIONS = ("warn", "stop")
-# finding code -> which option decides what happens
-ACTION_OPTION = {
-    "grad-norm-spike": "on_explosion",
-    "loss-spike": "on_explosion",
-    "grad-norm-non-finite": "on_nonfinite",
-    "loss-non-finite": "on_nonfinite",
-}
-NONFINITE_CODES = {code for code, option in ACTION_OPTION.items() if option == "on_nonfinite"}
 REPORT_ONCE = {"memory-plan-off", "memory-headroom-low", "update-ratio-high", "adapters-dead"}
 
 
@@ -100,9 +94,10 @@ class LoraDoctorCallback(TrainerCallback):
         self._stop: Finding | None = None
         self._skipped_update = False
         self._reported: set[str] = set()
+        self._unprinted: list[Finding] = []
+        self._candidate: Finding | None = None   # this rank's finding in the current vote
         self._failed: set[str] = set()
         self._main = True
-        self._cpu = True
         self._scaler: Any = None
         self._device: Any = None
         self._meter: MemoryMeter | None = None
@@ -134,11 +129,16 @@ class LoraDoctorCallback(TrainerCallback):
         self.on_train_end(args, state, control)   # a second train() on the same callback: drop old hooks
         first = next(model.parameters(), None)
         self._device = first.device if first is not None else None
-        self._cpu = self._device is None or self._device.type == "cpu"
         self._meter = MemoryMeter(self._device)
         self._scaler = getattr(optimizer, "scaler", None) if getattr(args, "fp16", False) else None
-        self.monitor = Monitor(model, self.thresholds, fp16_scaling=self._scaler is not None)
-        self.monitor.attach(model)
+        size = world()[1]
+        averaged = size > 1 and bool(getattr(args, "average_tokens_across_devices", False))
+        self.monitor = Monitor(model, self.thresholds, fp16_scaling=self._scaler is not None, world_size=size,
+                               loss_factor=float(size) if averaged else 1.0)
+        deepspeed = bool(getattr(args, "deepspeed", None))
+        self.monitor.attach(model, gradients=not deepspeed)
+        if deepspeed:
+            self._record([DEEPSPEED_LIMITS])
         self._first_batch_hook = FirstBatchHook(
             lambda batch, seq: self._before_first_step(model, args, processing_class, batch, seq))
         self._first_batch_hook.attach(model)
@@ -149,10 +149,9 @@ class LoraDoctorCallback(TrainerCallback):
             try:
                 found = apply_fallback(model, self.report)
             except WontFitError as exc:
-                self.findings.append(Finding("auto-fallback-wont-fit", "error", str(exc),
-                                             "use a larger GPU, shorter sequences or a smaller micro-batch", {}))
-                if self._main:
-                    self.console.alarm(self.findings[-1:])
+                self._record([Finding("auto-fallback-wont-fit", "error", str(exc),
+                                      "use a larger GPU, shorter sequences or a smaller micro-batch", {})])
+                self._checked("console", self._flush)
                 raise
             except Exception as exc:  # any other failure (no checkpointing support, bitsandbytes missing): go on
                 self._internal_error("auto_fallback", exc)
@@ -163,9 +162,8 @@ class LoraDoctorCallback(TrainerCallback):
                 self.findings = [f for f in self.findings if f.code != "memory-wont-fit"]
                 if self.monitor is not None:
                     self.monitor.refresh_adapters(model)
-                self.findings.append(found)
-                if self._main:
-                    self.console.alarm([found])
+                self._record([found])
+                self._checked("console", self._flush)
 
     @_guarded
     def _preflight(self, model: Any, args: Any, tokenizer: Any, batch: int | None, seq: int | None) -> None:
@@ -173,52 +171,101 @@ class LoraDoctorCallback(TrainerCallback):
                                     batch=batch, seq_len=seq, gpu=self.gpu, use_library=self.run_preflight)
         self.findings += self.report.findings
         if self._main:
-            self.console.preflight(self.report)
+            self._checked("console", self.console.preflight, self.report)
 
     # ---- per step -------------------------------------------------------------------------
     def _due(self, args: Any, state: Any, step: int) -> bool:
-        return (self._cpu or step == 1 or is_logging_step(args, state, step)
+        """Is ``step`` a check point? Decided only from the arguments, the state and the step, so that every
+        rank answers the same and all of them join the vote."""
+        on_cpu = getattr(getattr(args, "device", None), "type", "cpu") == "cpu"
+        return (on_cpu or step == 1 or is_logging_step(args, state, step)
                 or bool(self.check_every and step % self.check_every == 0))
 
     @_guarded
-    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.monitor is None:
-            return
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         step = state.global_step + 1
+        due = self._due(args, state, step)
+        mine = self._checked("per-step checks", self._step_verdict, step, due)
+        if due:   # every rank, whatever failed above: the vote is a collective
+            self._vote(args, step, mine, model, before_update=True)
+        self._checked("console", self._flush)
+
+    def _step_verdict(self, step: int, due: bool) -> RankReport | None:
+        if self.monitor is None:
+            return None
         self.monitor.end_step(step, getattr(self._scaler, "_scale", None))
-        if not self._due(args, state, step):
-            return
-        self._alarm(self.monitor.judge(), step)
+        if not due:
+            return None
+        new = self._record(self.monitor.judge())
         for exc in self.monitor.probe_errors[:1]:
             self._internal_error("gradient/loss probe", exc)
-        stop = agree(self._stop is not None, self._device)
-        if stop and self._stop is None:
-            self._stop = Finding("training-stopped-by-peer", "error", "another rank asked to stop",
-                                 "see that rank's findings", {"step": step})
-        if stop and self._stop.code in NONFINITE_CODES and self._scaler is None:
-            self.monitor.drop_gradients()   # the optimizer skips this update: the checkpoint stays finite
-            self._skipped_update = self._stop.data.get("step") == step
+        latest = self.monitor.latest
+        fresh_grad = latest.step == step and latest.grad_norm is not None
+        return self._report(new, grad_sq=latest.grad_norm ** 2 if fresh_grad else None,
+                            grad_kind=self.monitor.grad.kind, loss=latest.loss if latest.loss_step == step else None)
 
-    def _alarm(self, found: list[Finding], step: int) -> None:
+    def _stops(self, f: Finding) -> bool:
+        return self.actions.get(ACTION_OPTION.get(f.code, ""), "warn") == "stop"
+
+    def _report(self, new: list[Finding], **latest: Any) -> RankReport:
+        report, self._candidate = rank_report(world()[0], new, self._stops, **latest)
+        return report
+
+    def _vote(self, args: Any, step: int, mine: RankReport | None, model: Any, *, before_update: bool) -> None:
+        """Join the collective (always), then act on what every rank concludes alike. ``before_update``: the
+        optimizer has not stepped yet, so a non-finite update can still be dropped."""
+        try:
+            row = mine.encode() if mine is not None else ABSENT
+        except Exception:
+            row = ABSENT
+        outcome = settle(exchange(row, args))
+        self._checked("agreed vote", self._apply, outcome, step, model, before_update)
+
+    def _apply(self, outcome: Outcome, step: int, model: Any, before_update: bool) -> None:
+        rank, size = world()
+        verdict = conclude(outcome, step, rank, size, self._candidate,
+                           {(f.code, f.data.get("step")) for f in self.findings}, self._stop is not None)
+        drop = verdict.drop_update and before_update and self._scaler is None
+        if drop:
+            self._drop_gradients(model)   # on every rank: the optimizer skips this update everywhere
+        if verdict.stop is not None:
+            self._stop, self._skipped_update = verdict.stop, drop
+        self._record(verdict.findings)
+        self._candidate = None
+        if self.monitor is not None:
+            latest = self.monitor.latest
+            latest.grad_norm = outcome.grad_norm if outcome.grad_norm is not None else latest.grad_norm
+            latest.loss = outcome.loss if outcome.loss is not None else latest.loss
+
+    def _drop_gradients(self, model: Any) -> None:
+        """Skip this optimizer update: torch optimizers leave parameters whose grad is None untouched."""
+        params = list(model.parameters()) if model is not None else (self.monitor.params if self.monitor else [])
+        for p in params:
+            p.grad = None
+
+    def _record(self, found: list[Finding]) -> list[Finding]:
+        """Keep new findings (once for REPORT_ONCE codes) and queue them for the console."""
         new = [f for f in found if f.code not in REPORT_ONCE or f.code not in self._reported]
-        if not new:
-            return
         self._reported.update(f.code for f in new)
         self.findings += new
-        for f in new:
-            if self._stop is None and self.actions.get(ACTION_OPTION.get(f.code, ""), "warn") == "stop":
-                self._stop = f
-        if self._main:
+        self._unprinted += new
+        return new
+
+    def _flush(self) -> None:
+        """Print queued alarms: main process only, after any collective, never before it."""
+        new, self._unprinted = self._unprinted, []
+        if new and self._main:
             self.console.alarm(new)
 
     @_guarded
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         step = state.global_step
-        if self.monitor is not None and self._due(args, state, step):
-            self._alarm(self._checked("adapter checks", self.monitor.adapter_checks, step) or [], step)
-            self._alarm(self._checked("memory readings", self._memory_check, step) or [], step)
         if self._stop is not None and self.stopped_at is None:
-            self._request_stop(args, state, control)
+            self._request_stop(args, state, control)   # first: every rank stops at the same step
+        if self.monitor is not None and self._due(args, state, step):
+            self._record(self._checked("adapter checks", self.monitor.adapter_checks, step) or [])
+            self._record(self._checked("memory readings", self._memory_check, step) or [])
+        self._checked("console", self._flush)
         return control
 
     def _checked(self, where: str, fn: Callable, *args: Any) -> Any:
@@ -239,44 +286,40 @@ class LoraDoctorCallback(TrainerCallback):
                             tolerance=self.thresholds.plan_tolerance, min_headroom=self.thresholds.min_headroom)
 
     def _request_stop(self, args: Any, state: Any, control: Any) -> None:
-        trigger, step = self._stop, state.global_step
-        self.stopped_at = step
+        self.stopped_at = state.global_step
         control.should_training_stop = True
-        where = "no checkpoint (save_on_stop=False)"
         if self.save_on_stop:
             control.should_save = True
             self.checkpoint = checkpoint_dir(args, state)
-            where = f"checkpoint {self.checkpoint}"
-        option = ACTION_OPTION.get(trigger.code)
-        why = f"{option}='stop'" if option else "asked by another rank"
-        caveat = ""
-        if trigger.code in NONFINITE_CODES:
-            caveat = (" The non-finite update was skipped, so the saved weights are the last finite ones."
-                      if self._skipped_update else
-                      " It was noticed after the bad step, so the saved weights may hold NaN/inf: "
-                      "resume from an earlier checkpoint if they do (check_every=1 catches it in time).")
-        stopped = Finding(
-            "training-stopped", trigger.severity,
-            f"training stopped at step {step} ({why}) because of {trigger.code}; {where}.{caveat}",
-            f"fix the cause ({trigger.fix}), then resume with "
-            f"trainer.train(resume_from_checkpoint={self.checkpoint!r})" if self.checkpoint else trigger.fix,
-            {"step": step, "trigger": trigger.code, "checkpoint": self.checkpoint},
-        )
-        self.findings.append(stopped)
-        if self._main:
-            self.console.alarm([stopped])
+        self._record([stop_finding(self._stop, state.global_step, self.checkpoint, self._skipped_update)])
 
     # ---- logs, saves, end -----------------------------------------------------------------
     @_guarded
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> Any:
-        if self.monitor is None or logs is None or not ({"loss", "grad_norm"} & set(logs)):
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, model: Any = None,
+               **kwargs: Any) -> Any:
+        if logs is None or not ({"loss", "grad_norm"} & set(logs)):
             return None
         step = state.global_step
-        if not self.monitor.probe_working and isinstance(logs.get("grad_norm"), (int, float)):
-            found = self.monitor.observe_grad_norm(step, float(logs["grad_norm"]))
-            self._alarm([found] if found else [], step)
+        if "grad_norm" in logs:   # the Trainer's training logs, on every rank alike: a vote is safe here
+            mine = self._checked("logged gradient norm", self._log_verdict, step, logs.get("grad_norm"))
+            self._vote(args, step, mine, None, before_update=False)
             if self._stop is not None and self.stopped_at is None:
                 self._request_stop(args, state, control)
+        if self.monitor is not None:
+            self._checked("metrics", self._log_metrics, logs, state, step)
+        self._checked("console", self._flush)
+        return control
+
+    def _log_verdict(self, step: int, grad_norm: Any) -> RankReport | None:
+        """Without working gradient hooks (DeepSpeed), judge the Trainer's logged (global) gradient norm."""
+        if self.monitor is None:
+            return None
+        if self.monitor.probe_working or not isinstance(grad_norm, (int, float)):
+            return RankReport(world()[0], True)
+        found = self.monitor.observe_grad_norm(step, float(grad_norm))
+        return self._report(self._record([found] if found else []))
+
+    def _log_metrics(self, logs: dict, state: Any, step: int) -> None:
         metrics = {**self.monitor.metrics(),
                    **memory_metrics(self.memory, self.report.planned_peak if self.report else None),
                    "doctor/alarms": float(sum(f.severity != "info" for f in self.findings))}
@@ -284,8 +327,7 @@ class LoraDoctorCallback(TrainerCallback):
         if state.log_history and state.log_history[-1].get("step") == step:
             state.log_history[-1].update(metrics)
         if self._main:
-            self.console.status(self._status(step))
-        return control
+            self._checked("console", self.console.status, self._status(step))
 
     def _status(self, step: int) -> Status:
         latest = self.monitor.latest
@@ -303,18 +345,9 @@ class LoraDoctorCallback(TrainerCallback):
         """The Trainer may not honour ``should_save`` (``save_strategy="best"`` overrides it): save ourselves."""
         if not self.checkpoint or os.path.isdir(self.checkpoint) or model is None:
             return
-        model.save_pretrained(self.checkpoint)
-        found = Finding(
-            "stop-checkpoint-model-only", "warning",
-            f"the Trainer did not write the stop checkpoint {self.checkpoint} (its save strategy overrode the "
-            "request), so lora-doctor saved the model weights there (adapters for a PeftModel), without "
-            "optimizer, scheduler or RNG state",
-            f"reload the weights from {self.checkpoint} (PeftModel.from_pretrained for adapters) and start a new "
-            "run; resume_from_checkpoint needs a full Trainer checkpoint",
-            {"checkpoint": self.checkpoint})
-        self.findings.append(found)
-        if self._main:
-            self.console.alarm([found])
+        model.save_pretrained(self.checkpoint, is_main_process=self._main)   # one writer under DDP
+        self._record([model_only_finding(self.checkpoint)])
+        self._checked("console", self._flush)
 
     @_guarded
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -62,20 +62,3 @@ def is_logging_step(args: Any, state: Any, step: int) -> bool:
 def checkpoint_dir(args: Any, state: Any) -> str:
     """Where the Trainer's ``_save_checkpoint`` writes at the current step."""
     return os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-
-
-def agree(flag: bool, device: Any = None) -> bool:
-    """Under torch.distributed, True on every rank when any rank says True (an all-reduce)."""
-    try:
-        import torch
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return flag
-        backend = dist.get_backend()
-        where = device if backend == "nccl" else "cpu"
-        t = torch.tensor([int(flag)], device=where)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
-    except Exception:
-        return flag

@@ -142,6 +142,27 @@ def summarize(model: torch.nn.Module, adapters: list[Adapter] | None = None) -> 
     )
 
 
+def is_sharded(t: Any) -> bool:
+    """A DTensor (FSDP2), a view into an FSDP1 flat parameter, or a DeepSpeed ZeRO-3 partitioned parameter
+    (``ds_tensor``; its ``.data`` is empty between gathers): it holds this rank's shard only."""
+    return (callable(getattr(t, "to_local", None)) or bool(getattr(t, "_fsdp_flattened", False))
+            or hasattr(t, "ds_tensor"))
+
+
+def sharded_adapters(adapters: list[Adapter]) -> bool:
+    return any(is_sharded(a.a) or is_sharded(a.b) for a in adapters)
+
+
+SHARDED_SKIP = Finding(
+    "adapter-checks-sharded", "info",
+    "the adapter weights are sharded across ranks (FSDP DTensor or flat parameters, DeepSpeed ZeRO-3), so the "
+    "checks that need whole lora_A / lora_B tensors are skipped: both-zero initialization, dead adapters, "
+    "update-to-weight ratio; the gradient, loss and memory checks still run",
+    "to run them, train a few steps on one GPU or under DDP (torchrun without FSDP or ZeRO-3) with the same config",
+    {},
+)
+
+
 def _to_host(values: list[torch.Tensor]) -> list[float]:
     """One stack and one copy to the host (the only GPU sync here)."""
     if not values:
@@ -193,7 +214,10 @@ def base_norms(adapters: list[Adapter]) -> list[float | None]:
 def init_findings(adapters: list[Adapter]) -> list[Finding]:
     """Adapters that cannot learn before the first step: A and B both zero, or frozen."""
     findings = []
-    a_norms, b_norms = adapter_norms(adapters)
+    sharded = sharded_adapters(adapters)
+    a_norms, b_norms = ([], []) if sharded else adapter_norms(adapters)
+    if sharded:
+        findings.append(SHARDED_SKIP)
     both_zero = [ad.name for ad, na, nb in zip(adapters, a_norms, b_norms) if na == 0 and nb == 0]
     if both_zero:
         findings.append(Finding(

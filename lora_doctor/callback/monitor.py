@@ -12,7 +12,7 @@ import torch
 from ..findings import Finding
 from .health import GRAD_NORM, GRAD_NORM_RULE, LOSS, LOSS_RULE, SpikeDetector, SpikeRule
 from .lora_stats import (Adapter, adapter_norms, base_norms, dead_adapter_finding, delta_norms,
-                         delta_ratio_finding, find_adapters, short_name)
+                         delta_ratio_finding, find_adapters, sharded_adapters, short_name)
 from .probes import GradProbe, LossProbe
 
 TOP_MODULES_IN_FINDING = 3
@@ -43,8 +43,10 @@ class Latest:
 
     step: int = 0
     loss: float | None = None
+    loss_step: int = 0                      # the step ``loss`` belongs to
     grad_norm: float | None = None
     grad_norm_max: float | None = None      # largest since the last log
+    grad_local: float | None = None         # this rank's own gradient norm (before any cross-rank reduction)
     top_module: str | None = None
     top_module_norm: float | None = None
     dead_adapters: int | None = None
@@ -53,16 +55,25 @@ class Latest:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+def _with_local(found: Finding, own: float) -> Finding:
+    """Add this rank's own value (before any cross-rank reduction) to a finding's data."""
+    return dataclasses.replace(found, data={**found.data, "local_value": own})
+
+
 class Monitor:
     """Owns the probes and detectors for one model."""
 
-    def __init__(self, model: torch.nn.Module, thresholds: Thresholds, *, fp16_scaling: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, thresholds: Thresholds, *, fp16_scaling: bool = False,
+                 world_size: int = 1, loss_factor: float = 1.0) -> None:
         self.thresholds = thresholds
         self.adapters: list[Adapter] = find_adapters(model)
         named = [(short_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
         self.modules = [module_of(n) for n, _ in named]
         self.params = [p for _, p in named]
-        self.grad = GradProbe(named)
+        self.grad = GradProbe(named, after_backward=world_size > 1)
+        # the Trainer multiplies a summed (num_items_in_batch) loss by the world size when it averages tokens
+        # across devices; the model's own loss is then 1/world of what the Trainer counts
+        self.loss_factor = loss_factor
         self.loss = LossProbe()
         patience = thresholds.fp16_overflow_patience if fp16_scaling else 0
         self.grad_detector = SpikeDetector(GRAD_NORM, thresholds.grad_norm, nonfinite_patience=patience)
@@ -77,8 +88,10 @@ class Monitor:
         self.adapters = find_adapters(model)
         self._base_norms = None
 
-    def attach(self, model: torch.nn.Module) -> None:
-        self.grad.attach()
+    def attach(self, model: torch.nn.Module, *, gradients: bool = True) -> None:
+        """``gradients=False``: no gradient hooks (DeepSpeed owns the gradients); the logged norm is judged."""
+        if gradients:
+            self.grad.attach()
         self.loss.attach(model)
 
     def detach(self) -> None:
@@ -97,14 +110,18 @@ class Monitor:
         """Copy the buffered per-step values to the host (one sync) and judge them in step order."""
         findings: list[Finding] = []
         grads, losses = self.grad.drain(), self.loss.drain()
-        for step, norms in grads:
+        for step, norms, own in grads:
             self._probe_steps += 1
-            found = self.observe_grad_norm(step, math.sqrt(sum(v * v for v in norms)), norms)
-            findings += [found] if found else []
+            self.latest.grad_local = own
+            # a shard's per-parameter norms do not rank modules across the whole model
+            found = self.observe_grad_norm(step, math.sqrt(sum(v * v for v in norms)),
+                                           None if self.grad.sharded else norms)
+            findings += [_with_local(found, own)] if found else []
+        factor = self.loss_factor if self.loss.summed else 1.0
         for step, (value,) in losses:
-            self.latest.loss = value
-            found = self.loss_detector.observe(step, value)
-            findings += [found] if found else []
+            self.latest.loss, self.latest.loss_step = value * factor, step
+            found = self.loss_detector.observe(step, value * factor)
+            findings += [_with_local(found, value * factor)] if found else []
         return findings
 
     @property
@@ -148,8 +165,10 @@ class Monitor:
             p.grad = None
 
     def adapter_checks(self, step: int) -> list[Finding]:
-        """lora_B norms (dead adapters, once after ``dead_adapter_steps``) and update-to-weight ratios."""
-        if not self.adapters:
+        """lora_B norms (dead adapters, once after ``dead_adapter_steps``) and update-to-weight ratios.
+
+        Sharded adapters (FSDP) are skipped: the pre-flight said so once (``adapter-checks-sharded``)."""
+        if not self.adapters or sharded_adapters(self.adapters):
             return []
         findings = []
         if not self._dead_checked and step >= self.thresholds.dead_adapter_steps:

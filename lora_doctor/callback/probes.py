@@ -6,9 +6,15 @@ The Trainer only hands callbacks ``grad_norm`` and an averaged ``loss`` at loggi
 * :class:`GradProbe` registers ``register_post_accumulate_grad_hook`` on every trainable parameter and
   takes the norm of each gradient as it finishes accumulating, *before* the Trainer clips it. The
   sum of squares over all parameters is the Trainer's pre-clip ``grad_norm`` (same parameters, same
-  gradients); per parameter it says which module spiked. Under DDP these are the rank's local
-  gradients (the all-reduce has not landed yet), under fp16 loss scaling they are divided by the
-  scale in effect during backward.
+  gradients); per parameter it says which module spiked. Under fp16 loss scaling they are divided by
+  the scale in effect during backward. Several ranks:
+
+  - DDP: the hooks see the rank's own gradients (the all-reduce has not landed yet); their total is
+    kept as the rank's *local* norm. With ``after_backward`` set, a callback queued on the autograd
+    engine runs after DDP's own end-of-backward callback (which writes the averaged gradients) and
+    takes the per-parameter norms again: those are the Trainer's global pre-clip norms.
+  - FSDP2: the hooks fire after the reduce-scatter, on DTensor gradients; the norm of the local
+    shard is taken (``to_local()``, no collective), and the squares add up across ranks.
 * :class:`LossProbe` is a forward hook on the model that keeps ``outputs.loss`` of each training
   micro-batch (the Trainer's logged loss is an average over the logging interval, and with
   ``logging_nan_inf_filter`` it hides NaN).
@@ -23,6 +29,20 @@ from typing import Any, Callable
 import torch
 
 Drained = list[tuple[int, list[float]]]
+# (several ranks, reduced gradients read) -> how a step's norm combines across ranks (lora_doctor.callback.vote)
+GRAD_KINDS_BY_MODE = {(False, False): "global", (False, True): "global", (True, True): "global", (True, False): "local"}
+
+
+def local_tensor(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(the rank's own part of ``t``, whether ``t`` was sharded): a DTensor's local shard, else ``t``."""
+    to_local = getattr(t, "to_local", None)
+    return (to_local(), True) if callable(to_local) else (t, False)
+
+
+def _queue_after_backward(fn: Callable[[], None]) -> None:
+    """Run ``fn`` at the end of the current backward pass, after every callback queued so far there."""
+    engine = torch.autograd.Variable._execution_engine
+    engine.queue_callback(lambda: engine.queue_callback(fn))
 
 
 def _to_host(pending: list[tuple[int, torch.Tensor]]) -> Drained:
@@ -36,13 +56,23 @@ def _to_host(pending: list[tuple[int, torch.Tensor]]) -> Drained:
 class GradProbe:
     """Pre-clip gradient norm of each trainable parameter, per optimizer step."""
 
-    def __init__(self, named_params: list[tuple[str, torch.nn.Parameter]]) -> None:
+    def __init__(self, named_params: list[tuple[str, torch.nn.Parameter]], *, after_backward: bool = False) -> None:
         self.names = [n for n, _ in named_params]
         self._params = [p for _, p in named_params]
+        self.after_backward = after_backward   # several ranks: read the reduced gradients at the end of backward
+        self.sharded = False                   # the gradients were DTensors (FSDP2): norms are of local shards
         self._current: dict[int, torch.Tensor] = {}
+        self._reduced: dict[int, torch.Tensor] = {}
+        self._queued = False
+        self._reduced_seen = False
         self._pending: list[tuple[int, torch.Tensor]] = []
         self._handles: list[Any] = []
         self.errors: list[BaseException] = []
+
+    @property
+    def kind(self) -> str:
+        """How this rank's step norms combine across ranks: "global", "shard" (add squares) or "local"."""
+        return "shard" if self.sharded else GRAD_KINDS_BY_MODE[(self.after_backward, self._reduced_seen)]
 
     def __len__(self) -> int:
         return len(self.names)
@@ -55,26 +85,48 @@ class GradProbe:
         def record(param: torch.Tensor) -> None:
             try:
                 if param.grad is not None:
-                    self._current[i] = torch.linalg.vector_norm(param.grad.detach(), dtype=torch.float32)
+                    grad, sharded = local_tensor(param.grad.detach())
+                    self.sharded = self.sharded or sharded
+                    self._current[i] = torch.linalg.vector_norm(grad, dtype=torch.float32)
+                    if self.after_backward and not sharded and not self._queued:
+                        self._queued = True
+                        _queue_after_backward(self._read_reduced)
             except Exception as exc:   # never break backward
                 self.errors.append(exc)
         return record
 
+    def _read_reduced(self) -> None:
+        """End of backward, after DDP wrote the averaged gradients: their per-parameter norms."""
+        self._queued = False
+        try:
+            for i, p in enumerate(self._params):
+                if p.grad is not None and i in self._current:
+                    self._reduced[i] = torch.linalg.vector_norm(p.grad.detach(), dtype=torch.float32)
+            self._reduced_seen = True
+        except Exception as exc:   # an exception here would escape from loss.backward()
+            self.errors.append(exc)
+
     def end_step(self, step: int, scale: torch.Tensor | None = None) -> None:
-        """Close one optimizer step: stack the norms seen since the last call (on the device)."""
+        """Close one optimizer step: stack the norms seen since the last call (on the device).
+
+        The row holds one norm per parameter (the reduced gradients' where read) and, last, the norm of
+        this rank's own gradients."""
         if not self._current:
             return
         device = next(iter(self._current.values())).device
         zero = torch.zeros((), device=device)
-        row = torch.stack([self._current.get(i, zero).to(device) for i in range(len(self._params))])
+        own = [self._current.get(i, zero).to(device) for i in range(len(self._params))]
+        shown = [self._reduced.get(i, v).to(device) for i, v in enumerate(own)] if self._reduced else own
+        row = torch.cat([torch.stack(shown), torch.linalg.vector_norm(torch.stack(own)).reshape(1)])
         if scale is not None:
             row = row / scale.to(device)
         self._pending.append((step, row))
-        self._current = {}
+        self._current, self._reduced = {}, {}
 
-    def drain(self) -> Drained:
+    def drain(self) -> list[tuple[int, list[float], float]]:
+        """(step, per-parameter norms, this rank's own total norm) per buffered step."""
         out, self._pending = _to_host(self._pending), []
-        return out
+        return [(step, row[:-1], row[-1]) for step, row in out]
 
     def detach(self) -> None:
         for h in self._handles:
@@ -108,9 +160,15 @@ class LossProbe:
                 # with gradient accumulation, transformers normalizes each micro-batch's loss by the tokens of
                 # the whole accumulated batch: the step's loss is then their sum, not their mean
                 self._summed = kwargs.get("num_items_in_batch") is not None
-                self._current.append(loss.detach().float().reshape(()))
+                # a copy: the Trainer scales the returned loss in place (``loss *= world_size``) after the forward
+                self._current.append(loss.detach().clone().float().reshape(()))
         except Exception as exc:   # never break forward
             self.errors.append(exc)
+
+    @property
+    def summed(self) -> bool:
+        """The Trainer passed ``num_items_in_batch``: micro-batch losses are partial sums of the step's loss."""
+        return self._summed
 
     def end_step(self, step: int) -> None:
         if self._current:

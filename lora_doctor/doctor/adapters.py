@@ -39,6 +39,9 @@ class ModelFacts:
 
 
 def _zero(t: Any) -> bool:
+    """All zero? For a sharded DTensor (FSDP2) this rank's shard is read: no collective, so a rank that
+    skips this never leaves the others waiting."""
+    t = t.to_local() if callable(getattr(t, "to_local", None)) else t
     return bool((t == 0).all()) if t.numel() else True
 
 

@@ -10,7 +10,8 @@ any weight is loaded. See docs/fallback.md.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import os
+from typing import Any, Callable, Mapping
 
 from ..errors import GpuNotAvailableError, InvalidSettingError
 from ..gpus import GpuSpec, parse_gpu
@@ -20,6 +21,28 @@ from ..memory.engine import analytic_plan
 from ..planner import make_settings
 from ..verdict import finish_plan
 from .decision import FallbackDecision, decide
+
+
+def default_device(env: Mapping[str, str], cuda_count: int, current: int = 0) -> int | str:
+    """Where ``load_for_training`` puts the model when no ``device_map`` is given (pure: env and device count in).
+
+    Under torchrun / accelerate / deepspeed (``LOCAL_RANK`` set and ``WORLD_SIZE`` > 1) each rank takes
+    its own GPU, ``cuda:LOCAL_RANK``; a single process takes the current CUDA device; no GPU: the CPU.
+    """
+    if cuda_count <= 0:
+        return "cpu"
+    local_rank, world_size = env.get("LOCAL_RANK"), env.get("WORLD_SIZE", "1")
+    try:
+        distributed = local_rank is not None and int(world_size or "1") > 1
+        rank = int(local_rank) if distributed else current
+    except ValueError:
+        raise InvalidSettingError(f"LOCAL_RANK={local_rank!r} / WORLD_SIZE={world_size!r} are not integers; "
+                                  "launch with torchrun, or pass device_map yourself") from None
+    if distributed and not 0 <= rank < cuda_count:
+        raise GpuNotAvailableError(
+            f"LOCAL_RANK={rank} but this process sees {cuda_count} GPU(s); launch one process per visible GPU "
+            f"(torchrun --nproc_per_node {cuda_count}), check CUDA_VISIBLE_DEVICES, or pass device_map yourself")
+    return rank
 
 
 def _targets(lora_config: Any) -> Any:
@@ -84,7 +107,8 @@ def load_for_training(model_id_or_path: Any, lora_config: Any, *, gpu: Any = "au
     ``gpu="auto"`` plans for the local GPU and raises :class:`GpuNotAvailableError` when there is none;
     ``gpu=None`` skips planning and loads bf16 LoRA as asked. Raises :class:`WontFitError` (with the
     plan) before loading any weight when nothing fits. ``from_pretrained_kwargs`` go to
-    ``AutoModelForCausalLM.from_pretrained`` (``device_map`` defaults to the current GPU, or the CPU).
+    ``AutoModelForCausalLM.from_pretrained`` (``device_map`` defaults to this rank's GPU ``cuda:LOCAL_RANK``
+    under torchrun, else the current GPU, or the CPU: :func:`default_device`).
     """
     if "quantization_config" in from_pretrained_kwargs:
         raise InvalidSettingError("load_for_training chooses the quantization itself; drop quantization_config")
@@ -107,7 +131,9 @@ def _load(model_id_or_path: Any, lora_config: Any, decision: FallbackDecision, s
     compute = torch_dtype(decision.compute_dtype)
     kwargs = dict(kwargs)
     kwargs.setdefault("dtype", compute)
-    kwargs.setdefault("device_map", {"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"})
+    if "device_map" not in kwargs:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        kwargs["device_map"] = {"": default_device(os.environ, count, torch.cuda.current_device() if count else 0)}
     checkpointing = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
     if settings.mode == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
