@@ -21,7 +21,7 @@ TENSOR_TERMS = (
     "logits_and_loss",     # [batch, seq, vocab] logits, fp32 upcast, log-softmax and their gradients
     "temporaries",         # the largest transient set at the peak (4-bit dequantization, optimizer scratch, ...)
 )
-DEVICE_TERMS = ("cuda_context", "allocator_reserve")
+DEVICE_TERMS = ("cuda_context", "allocator_reserve", "vllm_reserve")   # vllm_reserve: GRPO vLLM colocate
 
 
 TRAINERS = ("hf", "sft", "dpo", "grpo")

@@ -7,6 +7,7 @@ sequence length that fit, and a recommendation. No printing; rendering lives in 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 from .errors import InvalidSettingError
@@ -35,7 +36,7 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
          device: str = "cuda", trainer: str = "hf", fused_lm_head: bool | None = None,
          num_gpus: int | None = None, strategy: str | None = None, offload: str | None = None,
          images_per_sample: int = 0, image_size: "tuple[int, int] | None" = None,
-         image_tokens: int | None = None, audio_seconds: float | None = None) -> MemoryPlan:
+         image_tokens: int | None = None, audio_seconds: float | None = None, **trainer_options: Any) -> MemoryPlan:
     """Predict the peak memory of one training step.
 
     Args:
@@ -56,7 +57,16 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
         device: ``"cuda"`` (default) or ``"cpu"``: whose optimizer implementation to model (torch's
             CUDA AdamW holds a full-size scratch copy; the CPU one works one parameter at a time).
         trainer, fused_lm_head: the trainer whose step is planned (the workload axis,
-            :mod:`lora_doctor.workloads`).
+            :mod:`lora_doctor.workloads`): ``"hf"`` (plain Trainer), ``"sft"``, ``"dpo"``, ``"grpo"``
+            (TRL, from the installed TRL version's defaults; a note says which). ``fused_lm_head=None``
+            is the trainer's default (TRL patches a fused LM head).
+        **trainer_options: TRL config fields, spelled as TRL spells them: ``max_length``,
+            ``packing``, ``padding_free``, ``activation_offloading``, ``use_liger_kernel`` (sft);
+            ``max_length``, ``precompute_ref_log_probs``, ``beta``, ``disable_dropout`` (dpo);
+            ``max_completion_length``, ``num_generations``, ``generation_batch_size``,
+            ``steps_per_generation``, ``beta``, ``use_vllm``, ``vllm_mode``,
+            ``vllm_gpu_memory_utilization`` (grpo, where ``seq_len`` is the prompt length). Unknown
+            names are an error.
         num_gpus, strategy, offload: the parallel axis (:mod:`lora_doctor.parallel`); ``peak_bytes`` is
             per GPU. ``num_gpus`` defaults to the GPU spec's count (``gpu="8xH100"``).
         images_per_sample, image_size, image_tokens, audio_seconds: the input axis
@@ -66,7 +76,9 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
         a :class:`MemoryPlan`. Raises :class:`LoraDoctorError` subclasses on bad input.
     """
     gpu_spec = parse_gpu(gpu)
-    workload = make_workload(trainer, fused_lm_head)
+    workload = make_workload(trainer, fused_lm_head, **trainer_options)
+    if gpu_spec is not None and workload.trainer == "grpo":   # vLLM colocate reserves a fraction of it
+        workload = replace(workload, options=tuple(sorted(workload.options + (("gpu_memory_bytes", gpu_spec.memory_bytes),))))
     parallel = make_parallel(num_gpus, strategy, offload, gpu_count=gpu_spec.count if gpu_spec else 1)
     inputs = make_inputs(images_per_sample, image_size, image_tokens, audio_seconds)
     resolved = resolve(model)

@@ -38,6 +38,8 @@ def plan_table(plans: Sequence[MemoryPlan], *, ascii_only: bool = False) -> Tabl
     table.add_row(Text("tensor peak (max_memory_allocated)", style="bold"),
                   *[Text(_gib(p.peak_bytes), style="bold") for p in plans], end_section=True)
     for term in DEVICE_TERMS:
+        if term == "vllm_reserve" and not any(p.breakdown.get(term, 0) for p in plans):
+            continue
         table.add_row(term.replace("_", " "), *[_gib(p.breakdown.get(term, 0)) for p in plans])
     table.add_row(Text("device peak (nvidia-smi)", style="bold"),
                   *[Text(_gib(p.device_peak_bytes), style="bold") for p in plans], end_section=True)

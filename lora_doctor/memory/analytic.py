@@ -14,7 +14,7 @@ reported is the one of the phase with the highest total.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..arch import ArchSpec
 from ..plan_types import PlanSettings
@@ -33,6 +33,7 @@ class PhaseTotals:
     notes: tuple[str, ...]
     targets: tuple[str, ...]
     loss_bytes: int           # logits-and-loss high-water mark, whichever phase peaks
+    breakdowns: dict[str, dict[str, int]] = field(default_factory=dict)  # every phase's breakdown (workloads)
 
 
 def _dtypes(s: PlanSettings) -> activations.DtypeContext:
@@ -106,4 +107,4 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda") -> Phase
     phase = max(totals, key=totals.__getitem__)
     notes = list(pers.notes)
     return PhaseTotals(phases_bd[phase], phase, totals, pers.trainable_params, tuple(notes),
-                       tuple(sorted({f.name for f in targeted})), int(loss_peak))
+                       tuple(sorted({f.name for f in targeted})), int(loss_peak), phases_bd)

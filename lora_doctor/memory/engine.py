@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..models import ResolvedModel
 from ..plan_types import MemoryPlan, PlanSettings
 from .activations import RECIPES
-from .analytic import step_peak
+from .workload import device_reserves, workload_peak
 from .overhead import device_terms
 
 
@@ -23,11 +23,12 @@ def lora_scale(s: PlanSettings) -> float | None:
 
 def analytic_plan(resolved: ResolvedModel, s: PlanSettings, device: str = "cuda") -> MemoryPlan:
     """Closed-form peak of one training step of ``resolved`` under ``s`` (no verdict)."""
-    totals = step_peak(resolved.arch, s, device=device)
+    totals = workload_peak(resolved.arch, s, device=device)
     peak = sum(totals.breakdown.values())
-    overhead = device_terms(peak, totals.loss_bytes)
+    reserves, reserve_notes = device_reserves(s)
+    overhead = dict(device_terms(peak, totals.loss_bytes), **reserves)
     breakdown = dict(totals.breakdown, **overhead)
-    notes = list(totals.notes)
+    notes = list(totals.notes) + reserve_notes
     recipe = RECIPES.get(resolved.arch.block, RECIPES["generic"])
     if s.attn_implementation == "sdpa" and not recipe.sdpa:
         notes.append(f"{resolved.arch.model_type} has no SDPA attention in transformers: planned with eager "
