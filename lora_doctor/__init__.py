@@ -38,6 +38,7 @@ __all__ = [
     "oom_guard",
     "parse_gpu",
     "plan",
+    "plan_trainer",
 ]
 
 
@@ -49,6 +50,7 @@ _LAZY = {
     "diagnose": "doctor",
     "load_for_training": "fallback.load",
     "oom_guard": "fallback.oom",
+    "plan_trainer": "workloads.trainer",
 }
 
 

@@ -41,7 +41,7 @@ TRL_1_16 = TrlDefaults(
                 "disable_dropout": True, "activation_offloading": False, "use_liger_kernel": False},
         "grpo": {"max_completion_length": 512, "num_generations": 8, "generation_batch_size": None,
                  "steps_per_generation": None, "beta": 0.0, "use_vllm": False, "vllm_mode": "colocate",
-                 "vllm_gpu_memory_utilization": 0.3, "activation_offloading": False, "use_liger_kernel": False,
+                 "vllm_gpu_memory_utilization": 0.3, "use_liger_kernel": False,
                  "disable_dropout": False},
     },
 )
