@@ -65,8 +65,10 @@ def grpo_totals(arch: ArchSpec, s: PlanSettings, device: str) -> PhaseTotals:
     total = prompt + completion
     notes = [f"GRPO: generates {gen} sequences at once ({why}; {gen // groups} prompts x num_generations={groups}), "
              f"prompt {prompt} + max_completion_length={completion} tokens; trains on {s.batch_size} rows of {total}"]
+    # Triton devices score only the completion (labels of the prompt are -100); elsewhere every position
+    scored = s.batch_size * (completion if device == "cuda" else total - 1)
     base, phases, train_notes = training_phases(arch, s, device, wl, rows=s.batch_size, seq=total,
-                                                scored_tokens=s.batch_size * completion)
+                                                scored_tokens=scored)
     stream, _ = compute_bytes(s)
     start = phases["backward_start"]
     generation = persistent_only(start)
