@@ -25,6 +25,7 @@ from .glue import agree, checkpoint_dir, find_callback_handler, is_logging_step,
 from .memory import MemoryMeter, MemoryReading, judge_memory, memory_metrics
 from .monitor import Monitor, Thresholds
 from .preflight import PreflightReport, run_preflight
+from .trl_health import trl_log_findings
 from .probes import FirstBatchHook
 
 ACTIONS = ("warn", "stop")
@@ -36,7 +37,7 @@ ACTION_OPTION = {
     "loss-non-finite": "on_nonfinite",
 }
 NONFINITE_CODES = {code for code, option in ACTION_OPTION.items() if option == "on_nonfinite"}
-REPORT_ONCE = {"memory-plan-off", "memory-headroom-low", "update-ratio-high", "adapters-dead"}
+REPORT_ONCE = {"memory-plan-off", "memory-headroom-low", "update-ratio-high", "adapters-dead", "grpo-rewards-tie"}
 
 
 class LoraDoctorWarning(UserWarning):
@@ -272,6 +273,7 @@ class LoraDoctorCallback(TrainerCallback):
         if self.monitor is None or logs is None or not ({"loss", "grad_norm"} & set(logs)):
             return None
         step = state.global_step
+        self._alarm(trl_log_findings(logs, step), step)   # DPO / GRPO metrics (lora_doctor.callback.trl_health)
         if not self.monitor.probe_working and isinstance(logs.get("grad_norm"), (int, float)):
             found = self.monitor.observe_grad_norm(step, float(logs["grad_norm"]))
             self._alarm([found] if found else [], step)
