@@ -137,13 +137,14 @@ def run_plan(model: Any, settings: dict, gpu: Any, trainer: Any = None) -> tuple
     return result, findings
 
 
-def run_diagnose(model: Any, args: Any, tokenizer: Any) -> list[Finding]:
+def run_diagnose(model: Any, args: Any, tokenizer: Any, trainer: Any = None) -> list[Finding]:
     from ..doctor import diagnose
 
     base_config = getattr(getattr(model, "get_base_model", lambda: model)(), "config", None)
     try:
         report = diagnose(model, _lora_config(model), training_args=args, tokenizer=tokenizer,
-                          quantization_config=getattr(base_config, "quantization_config", None))
+                          quantization_config=getattr(base_config, "quantization_config", None),
+                          data_collator=getattr(trainer, "data_collator", None))
         return list(getattr(report, "findings", report) or [])
     except Exception as exc:
         return [_failed("doctor-failed", "the config doctor", exc)]
@@ -176,8 +177,9 @@ def run_preflight(model: Any, args: Any, tokenizer: Any, adapters: list[Adapter]
     if use_library:
         from .objective import find_trainer
 
-        plan, plan_findings = run_plan(model, settings, gpu_spec, find_trainer())
-        doctor = run_diagnose(model, args, tokenizer)
+        trainer = find_trainer()
+        plan, plan_findings = run_plan(model, settings, gpu_spec, trainer)
+        doctor = run_diagnose(model, args, tokenizer, trainer)
         seen = {f.code for f in doctor}
         findings = doctor + [f for f in findings if f.code not in seen] + plan_findings
     capacity = getattr(getattr(plan, "gpu", None), "memory_bytes", None) or getattr(gpu_spec, "memory_bytes", None)
