@@ -45,9 +45,10 @@ def generation_batch(s: PlanSettings, num_generations: int, gen_batch: int | Non
     else:
         why = f"steps_per_generation={steps}"
     size = s.batch_size * steps
-    if size % num_generations:
-        raise InvalidSettingError(f"batch_size x steps_per_generation ({size}) must be divisible by num_generations "
-                                  f"({num_generations}), as GRPOConfig requires")
+    if size % num_generations:   # GRPOConfig rejects this; plan the next whole group rather than fail a search
+        size += num_generations - size % num_generations
+        why += (f"; batch_size x steps_per_generation is not a multiple of num_generations={num_generations}, "
+                f"which GRPOConfig rejects: planned {size}")
     return size, why
 
 
