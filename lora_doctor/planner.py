@@ -91,6 +91,9 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
                              double_quant=double_quant, workload=workload, parallel=parallel, inputs=inputs)
     if engine not in ENGINES:
         raise InvalidSettingError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "trace" and workload.trainer != "hf":
+        raise InvalidSettingError(f"engine='trace' traces a plain Trainer step; trainer={workload.trainer!r} "
+                                  "(TRL's fused head, reference forward, generation) is planned by engine='analytic'")
     if device not in ("cuda", "cpu"):
         raise InvalidSettingError(f"device must be 'cuda' or 'cpu', got {device!r}")
     compute = _engine(engine, device)

@@ -137,3 +137,15 @@ def run_case(case: TrlCase, *, steps: int = 2) -> tuple[Any, TrlMeasured]:
     with tempfile.TemporaryDirectory() as workdir:
         trainer = build_trainer(case, workdir, steps=steps)
         return trainer, measure_trainer(trainer)
+
+
+# The TRL accuracy cases (benchmarks/accuracy.py --trl): each a real run on CPU, fp32 weights, LoRA r=8 all-linear.
+NO_GC = {"gradient_checkpointing": False}
+TRL_CASES: tuple[TrlCase, ...] = (
+    TrlCase("sft text fused head 4x256 vocab 32k", "sft", vocab=32000, batch_size=4, lengths=(255, 255), config=NO_GC),
+    TrlCase("sft text +gc (TRL default) vocab 32k", "sft", vocab=32000, batch_size=4, lengths=(255, 255)),
+    TrlCase("sft packing 2x256 vocab 32k", "sft", vocab=32000, batch_size=2, lengths=(63, 63),
+            config={**NO_GC, "packing": True, "max_length": 256}),
+    TrlCase("dpo lora 2x(64+64) vocab 32k", "dpo", vocab=32000, batch_size=2, lengths=(128, 128), config=NO_GC),
+    TrlCase("grpo lora length reward 4x(64+64)", "grpo", vocab=8000, batch_size=4, lengths=(32, 64),
+            config={**NO_GC, "num_generations": 4, "max_completion_length": 64}),
