@@ -149,3 +149,4 @@ TRL_CASES: tuple[TrlCase, ...] = (
     TrlCase("dpo lora 2x(64+64) vocab 32k", "dpo", vocab=32000, batch_size=2, lengths=(128, 128), config=NO_GC),
     TrlCase("grpo lora length reward 4x(64+64)", "grpo", vocab=8000, batch_size=4, lengths=(32, 64),
             config={**NO_GC, "num_generations": 4, "max_completion_length": 64}),
+)
