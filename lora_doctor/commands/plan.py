@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     if args.no_fused_lm_head:
         options["fused_lm_head"] = False
     modes = [args.mode] if args.mode else ["full", "lora", "qlora"]
-    batch, seq = args.batch_size or 1, args.seq_len or 512
+    batch = 1 if args.batch_size is None else args.batch_size
+    seq = 512 if args.seq_len is None else args.seq_len
     plans = [plan(args.model, mode=m, gpu=args.gpu, batch_size=batch, seq_len=seq, r=args.r,
                   lora_alpha=args.alpha, target_modules=args.target_modules, use_rslora=args.use_rslora,
                   lora_dropout=args.dropout, dtype=args.dtype, mixed_precision=args.mixed_precision, optim=args.optim,

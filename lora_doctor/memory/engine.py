@@ -26,7 +26,7 @@ def analytic_plan(resolved: ResolvedModel, s: PlanSettings, device: str = "cuda"
     totals = workload_peak(resolved.arch, s, device=device)
     peak = sum(totals.breakdown.values())
     reserves, reserve_notes = device_reserves(s)
-    overhead = dict(device_terms(peak, totals.loss_bytes), **reserves)
+    overhead = device_terms(peak, totals.loss_bytes, reserves.get("vllm_reserve", 0))
     breakdown = dict(totals.breakdown, **overhead)
     notes = list(totals.notes) + reserve_notes
     recipe = RECIPES.get(resolved.arch.block, RECIPES["generic"])
