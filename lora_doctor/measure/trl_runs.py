@@ -121,6 +121,17 @@ def measure_trainer(trainer: Any) -> TrlMeasured:
             tracker.phase = "between_steps"
 
     trainer.add_callback(_Phases())
+    if hasattr(trainer, "_generate_single_turn"):   # GRPO: label generation as its own phase
+        generate = trainer._generate_single_turn
+
+        def _generation(*args: Any, **kwargs: Any) -> Any:
+            tracker.phase = "generation"
+            try:
+                return generate(*args, **kwargs)
+            finally:
+                tracker.phase = "step"
+
+        trainer._generate_single_turn = _generation
     model = trainer.model
     tracker.register(model.parameters(), "weights")
     tracker.register(model.buffers(), "weights")
