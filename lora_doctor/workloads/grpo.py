@@ -80,10 +80,14 @@ def grpo_totals(arch: ArchSpec, s: PlanSettings, device: str) -> PhaseTotals:
                         "GPU (counted on top of the device peak)" if mode == "colocate" else " on its own GPUs"))
     else:
         kv = kv_cache_bytes(arch, gen, total, stream)
-        prefill = gen * prompt * (3 * arch.intermediate_size + 4 * arch.hidden_size) * stream
-        step_cache = kv // max(arch.num_layers, 1)    # torch.cat grows one layer's cache: old and new coexist
-        generation["activations"] = kv
-        generation["temporaries"] = max(prefill, step_cache) + GENERATION_LOGIT_COPIES * gen * arch.vocab_size * 4
+        # the prefill's scratch comes while the cache holds only the prompts; the last decode step holds the
+        # full cache while torch.cat grows one layer's (old and new coexist), plus the last position's logits
+        prefill = (kv_cache_bytes(arch, gen, prompt, stream)
+                   + gen * prompt * (3 * arch.intermediate_size + 4 * arch.hidden_size) * stream)
+        last_step = kv + kv // max(arch.num_layers, 1)
+        logits = GENERATION_LOGIT_COPIES * gen * arch.vocab_size * 4
+        generation["activations"] = max(prefill, last_step)
+        generation["temporaries"] = logits
         notes.append(f"generation (transformers generate): KV cache {kv / 2**30:.2f} GiB for {gen} x {total} tokens")
     ref_copy = 0
     if wl.get("beta"):
