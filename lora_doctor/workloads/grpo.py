@@ -79,12 +79,12 @@ def grpo_totals(arch: ArchSpec, s: PlanSettings, device: str) -> PhaseTotals:
                      + (f" and reserves vllm_gpu_memory_utilization={wl.get('vllm_gpu_memory_utilization')} of the "
                         "GPU (counted on top of the device peak)" if mode == "colocate" else " on its own GPUs"))
     else:
-        kv = kv_cache_bytes(arch, gen, total, stream)
+        kv = kv_cache_bytes(arch, gen, total - 1, stream)   # the last generated token is never cached
         # the prefill's scratch comes while the cache holds only the prompts; the last decode step holds the
-        # full cache while torch.cat grows one layer's (old and new coexist), plus the last position's logits
+        # full cache while torch.cat grows one layer's keys or values (old and new coexist), plus the logits
         prefill = (kv_cache_bytes(arch, gen, prompt, stream)
                    + gen * prompt * (3 * arch.intermediate_size + 4 * arch.hidden_size) * stream)
-        last_step = kv + kv // max(arch.num_layers, 1)
+        last_step = kv + kv // (2 * max(arch.num_layers, 1))   # torch.cat of one layer's keys (or values)
         logits = GENERATION_LOGIT_COPIES * gen * arch.vocab_size * 4
         generation["activations"] = max(prefill, last_step)
         generation["temporaries"] = logits
