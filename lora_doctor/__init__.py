@@ -40,6 +40,7 @@ __all__ = [
     "oom_guard",
     "parse_gpu",
     "plan",
+    "plan_trainer",
 ]
 
 
@@ -51,6 +52,7 @@ _LAZY = {
     "diagnose": "doctor",
     "load_for_training": "fallback.load",
     "oom_guard": "fallback.oom",
+    "plan_trainer": "workloads.trainer",
 }
 
 

@@ -22,7 +22,7 @@ TENSOR_TERMS = (
     "temporaries",         # the largest transient set at the peak (4-bit dequantization, optimizer scratch, ...)
     "parallel_buffers",    # several GPUs: DDP gradient buckets, FSDP/ZeRO gathered parameters and reduce buffers
 )
-DEVICE_TERMS = ("cuda_context", "allocator_reserve")
+DEVICE_TERMS = ("cuda_context", "allocator_reserve", "vllm_reserve")   # vllm_reserve: GRPO vLLM colocate
 
 
 TRAINERS = ("hf", "sft", "dpo", "grpo")

@@ -39,7 +39,7 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
          num_gpus: int | None = None, strategy: str | None = None, offload: str | None = None,
          parallel_options: "dict[str, Any] | None" = None,
          images_per_sample: int = 0, image_size: "tuple[int, int] | None" = None,
-         image_tokens: int | None = None, audio_seconds: float | None = None) -> MemoryPlan:
+         image_tokens: int | None = None, audio_seconds: float | None = None, **trainer_options: Any) -> MemoryPlan:
     """Predict the peak memory of one training step.
 
     Args:
@@ -60,7 +60,16 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
         device: ``"cuda"`` (default) or ``"cpu"``: whose optimizer implementation to model (torch's
             CUDA AdamW holds a full-size scratch copy; the CPU one works one parameter at a time).
         trainer, fused_lm_head: the trainer whose step is planned (the workload axis,
-            :mod:`lora_doctor.workloads`).
+            :mod:`lora_doctor.workloads`): ``"hf"`` (plain Trainer), ``"sft"``, ``"dpo"``, ``"grpo"``
+            (TRL, from the installed TRL version's defaults; a note says which). ``fused_lm_head=None``
+            is the trainer's default (TRL patches a fused LM head).
+        **trainer_options: TRL config fields, spelled as TRL spells them: ``max_length``,
+            ``packing``, ``padding_free``, ``activation_offloading``, ``use_liger_kernel`` (sft);
+            ``max_length``, ``precompute_ref_log_probs``, ``beta``, ``disable_dropout`` (dpo);
+            ``max_completion_length``, ``num_generations``, ``generation_batch_size``,
+            ``steps_per_generation``, ``beta``, ``use_vllm``, ``vllm_mode``,
+            ``vllm_gpu_memory_utilization`` (grpo, where ``seq_len`` is the prompt length). Unknown
+            names are an error.
         num_gpus, strategy, offload: the parallel axis (:mod:`lora_doctor.parallel`); ``peak_bytes`` is
             per GPU. ``num_gpus`` defaults to the GPU spec's count (``gpu="8xH100"``). ``strategy``:
             ``"ddp"`` (default for several GPUs), ``"fsdp"``, ``"fsdp_grad_op"``, ``"zero1"``-``"zero3"``;
@@ -74,7 +83,9 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
         a :class:`MemoryPlan`. Raises :class:`LoraDoctorError` subclasses on bad input.
     """
     gpu_spec = parse_gpu(gpu)
-    workload = make_workload(trainer, fused_lm_head)
+    workload = make_workload(trainer, fused_lm_head, **trainer_options)
+    if gpu_spec is not None and workload.trainer == "grpo":   # vLLM colocate reserves a fraction of it
+        workload = replace(workload, options=tuple(sorted(workload.options + (("gpu_memory_bytes", gpu_spec.memory_bytes),))))
     parallel = make_parallel(num_gpus, strategy, offload, gpu_count=gpu_spec.count if gpu_spec else 1,
                              **(parallel_options or {}))
     inputs = make_inputs(images_per_sample, image_size, image_tokens, audio_seconds)
@@ -91,6 +102,9 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
     if engine == "trace" and parallel.strategy is not None:
         raise InvalidSettingError("the trace engine plans one GPU; plan several GPUs (num_gpus, strategy, offload) "
                                   "with engine='analytic'")
+    if engine == "trace" and workload.trainer != "hf":
+        raise InvalidSettingError(f"engine='trace' traces a plain Trainer step; trainer={workload.trainer!r} "
+                                  "(TRL's fused head, reference forward, generation) is planned by engine='analytic'")
     if device not in ("cuda", "cpu"):
         raise InvalidSettingError(f"device must be 'cuda' or 'cpu', got {device!r}")
     fallback = fallback_targets_note(resolved.arch, settings.target_modules)

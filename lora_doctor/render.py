@@ -24,7 +24,8 @@ def plan_table(plans: Sequence[MemoryPlan], *, ascii_only: bool = False) -> Tabl
     """One column per plan (Full / LoRA / QLoRA), one row per memory term, then totals and verdicts."""
     first = plans[0]
     s = first.settings
-    title = (f"{first.model}  batch {s.batch_size} x seq {s.seq_len}, {s.dtype} weights"
+    trainer = s.workload.trainer
+    title = (f"{first.model}  {trainer.upper() + ' trainer, ' if trainer != 'hf' else ''}batch {s.batch_size} x seq {s.seq_len}, {s.dtype} weights"
              f"{', ' + s.mixed_precision + ' autocast' if s.mixed_precision else ''}, {s.optim}"
              f"{', grad. checkpointing' if s.gradient_checkpointing else ''}, {s.attn_implementation}"
              f"{_parallel_title(s)}")
@@ -39,12 +40,18 @@ def plan_table(plans: Sequence[MemoryPlan], *, ascii_only: bool = False) -> Tabl
     table.add_row(Text("tensor peak (max_memory_allocated)", style="bold"),
                   *[Text(_gib(p.peak_bytes), style="bold") for p in plans], end_section=True)
     for term in DEVICE_TERMS:
+        if term == "vllm_reserve" and not any(p.breakdown.get(term, 0) for p in plans):
+            continue
         table.add_row(term.replace("_", " "), *[_gib(p.breakdown.get(term, 0)) for p in plans])
     table.add_row(Text("device peak (nvidia-smi)", style="bold"),
                   *[Text(_gib(p.device_peak_bytes), style="bold") for p in plans], end_section=True)
     table.add_row("peak phase", *[p.peak_phase.replace("_", " ") for p in plans])
     if any(p.host_peak_bytes for p in plans):
         table.add_row("CPU RAM per node (offload)", *[_gib(p.host_peak_bytes or 0) for p in plans])
+    if trainer != "hf":   # a TRL step has more phases (generation, reference forward): show each
+        for phase in first.details.get("phases", {}):
+            table.add_row(f"  {phase.replace('_', ' ')} (tensors)",
+                          *[_gib(p.details.get("phases", {}).get(phase)) for p in plans])
     if first.gpu is not None:
         table.add_row(f"fits on {first.gpu.name} ({_gib(first.gpu.memory_bytes)})",
                       *[Text("yes", style="green") if p.fits else Text("NO", style="bold red") for p in plans])

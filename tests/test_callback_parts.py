@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import lora_doctor
+import lora_doctor.doctor
+import lora_doctor.planner
 from lora_doctor.callback import lora_stats
 from lora_doctor.callback.glue import is_logging_step, move_before_reporters
 from lora_doctor.callback.memory import MemoryMeter, MemoryReading, judge_memory, memory_metrics
@@ -102,18 +104,6 @@ def test_plan_settings_from_training_arguments(tmp_path):
     }
 
 
-def test_preflight_degrades_without_planner_and_doctor(monkeypatch):
-    monkeypatch.delattr(lora_doctor, "plan", raising=False)
-    monkeypatch.delattr(lora_doctor, "diagnose", raising=False)  # loaded lazily: also hide it from __getattr__
-    monkeypatch.setattr(lora_doctor, "_LAZY", {k: v for k, v in lora_doctor._LAZY.items() if k != "diagnose"})
-    model = tiny_lora()
-    report = run_preflight(model, SimpleNamespace(per_device_train_batch_size=2), None,
-                           lora_stats.find_adapters(model), batch=2, seq_len=8)
-    codes = {f.code: f.severity for f in report.findings}
-    assert codes == {"planner-unavailable": "info", "doctor-unavailable": "info"}
-    assert report.plan is None
-
-
 def test_preflight_calls_plan_and_diagnose_when_present(monkeypatch):
     from lora_doctor.findings import Finding
 
@@ -121,14 +111,14 @@ def test_preflight_calls_plan_and_diagnose_when_present(monkeypatch):
 
     def fake_plan(model, **kwargs):
         calls["plan"] = (model, kwargs)
-        return SimpleNamespace(peak_bytes=GIB, device_peak_bytes=2 * GIB, fits=True, gpu=None, breakdown={})
+        return SimpleNamespace(peak_bytes=GIB, device_peak_bytes=2 * GIB, fits=True, gpu=None, breakdown={}, notes=[])
 
     def fake_diagnose(model, lora_config=None, **kwargs):
         calls["diagnose"] = (model, lora_config, kwargs)
         return SimpleNamespace(findings=[Finding("scale-high", "warning", "m", "f")])
 
-    monkeypatch.setattr(lora_doctor, "plan", fake_plan, raising=False)
-    monkeypatch.setattr(lora_doctor, "diagnose", fake_diagnose, raising=False)
+    monkeypatch.setattr(lora_doctor.planner, "plan", fake_plan)   # preflight imports them when called
+    monkeypatch.setattr(lora_doctor.doctor, "diagnose", fake_diagnose)
     model = tiny_lora()
     report = run_preflight(model, SimpleNamespace(per_device_train_batch_size=2), "tok",
                            lora_stats.find_adapters(model), batch=2, seq_len=8)
@@ -141,8 +131,8 @@ def test_preflight_survives_a_raising_planner(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(lora_doctor, "plan", broken, raising=False)
-    monkeypatch.setattr(lora_doctor, "diagnose", broken, raising=False)
+    monkeypatch.setattr(lora_doctor.planner, "plan", broken)
+    monkeypatch.setattr(lora_doctor.doctor, "diagnose", broken)
     model = tiny_lora()
     report = run_preflight(model, SimpleNamespace(), None, lora_stats.find_adapters(model), batch=1, seq_len=4)
     assert {f.code: f.severity for f in report.findings} == {

@@ -59,7 +59,7 @@ def test_healthy_lora_run(trainer_factory):
         trainer.train()
     assert problems(cb) == [] and cb.stopped_at is None
     assert trainer.state.global_step == STEPS
-    # the planner and the config doctor ran on the real model with the first batch's shape
+    # the planner (at the dataset's longest example) and the config doctor ran on the real model
     settings = cb.report.plan.settings
     assert (settings.mode, settings.batch_size, settings.seq_len, settings.r) == ("lora", 4, 16, 4)
     assert not {"planner-unavailable", "doctor-unavailable"} & {f.code for f in cb.findings}

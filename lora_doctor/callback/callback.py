@@ -25,12 +25,13 @@ from .glue import checkpoint_dir, find_callback_handler, is_logging_step, move_b
 from .memory import MemoryMeter, MemoryReading, judge_memory, memory_metrics
 from .monitor import Monitor, Thresholds
 from .preflight import PreflightReport, run_preflight
+from .trl_health import trl_log_findings
 from .probes import FirstBatchHook
 from .stopping import ACTION_OPTION, DEEPSPEED_LIMITS, model_only_finding, stop_finding
 from .vote import ABSENT, Outcome, RankReport, conclude, exchange, rank_report, settle, world
 
 ACTIONS = ("warn", "stop")
-REPORT_ONCE = {"memory-plan-off", "memory-headroom-low", "update-ratio-high", "adapters-dead"}
+REPORT_ONCE = {"memory-plan-off", "memory-headroom-low", "update-ratio-high", "adapters-dead", "grpo-rewards-tie"}
 
 
 class LoraDoctorWarning(UserWarning):
@@ -300,6 +301,8 @@ class LoraDoctorCallback(TrainerCallback):
         if logs is None or not ({"loss", "grad_norm"} & set(logs)):
             return None
         step = state.global_step
+        # DPO / GRPO metrics (lora_doctor.callback.trl_health): the logs are the same on every rank
+        self._checked("TRL metrics", lambda: self._record(trl_log_findings(logs, step)))
         if "grad_norm" in logs:   # the Trainer's training logs, on every rank alike: a vote is safe here
             mine = self._checked("logged gradient norm", self._log_verdict, step, logs.get("grad_norm"))
             self._vote(args, step, mine, None, before_update=False)

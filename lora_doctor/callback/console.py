@@ -56,7 +56,9 @@ def _memory_row(report: PreflightReport) -> str:
 def preflight_rows(report: PreflightReport) -> list[tuple[str, str]]:
     """(label, text) rows of the pre-flight panel."""
     s = report.summary
-    rows = [("mode", f"{s.mode}, seq_len {report.settings.get('seq_len', '?')}, "
+    trainer = report.settings.get("trainer", "hf")
+    rows = [("mode", f"{s.mode}{'' if trainer == 'hf' else ', ' + trainer.upper() + ' (TRL)'}, "
+                     f"seq_len {report.settings.get('seq_len', '?')}, "
                      f"micro-batch {report.settings.get('batch_size', '?')}"),
             ("trainable", f"{_count(s.trainable_params)} of {_count(s.total_params)} params "
                           f"({s.trainable_fraction:.2%})")]

@@ -130,7 +130,8 @@ def judge_memory(reading: MemoryReading, planned_peak: int | None, planned_devic
                 f"only {headroom:.1%} of {format_bytes(reading.capacity)} is left at step {step} "
                 f"({format_bytes(used)} in use): a longer batch or fragmentation can run out of memory",
                 "enable gradient_checkpointing, lower per_device_train_batch_size (raise "
-                "gradient_accumulation_steps to keep the effective batch), or shorten max_seq_length",
+                "gradient_accumulation_steps to keep the effective batch), or lower max_length (TRL configs; the "
+                "tokenizer's max_length for a plain Trainer)",
                 {"step": step, "used": used, "capacity": reading.capacity, "headroom": headroom},
             ))
     return findings

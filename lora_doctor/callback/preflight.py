@@ -1,14 +1,16 @@
 """Before the first step: the config doctor and the memory planner on the real model and Trainer settings.
 
-``lora_doctor.plan`` and ``lora_doctor.diagnose`` are looked up when called, not imported at module
-load, so the callback works with a lora-doctor that lacks either; a missing one becomes an ``info``
-finding, one that raises becomes a ``warning``, and training goes on either way.
+The plan is the one :func:`lora_doctor.plan_trainer` makes for the Trainer on the call stack: the
+worst batch the dataset allows (``min(max_length, longest example)``, exactly ``max_length`` with
+packing), TRL's workload for SFT/DPO/GRPO trainers. Without a Trainer in sight (a custom loop), the
+first batch's shape is planned, and a note says so. A planner or doctor that raises becomes a
+``warning`` finding; training goes on either way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -101,30 +103,26 @@ def plan_settings(model: Any, args: Any, summary: ModelSummary, batch: int | Non
     return {k: v for k, v in settings.items() if v is not None}
 
 
-def _library_function(name: str) -> Callable | None:
-    import lora_doctor
-
-    fn = getattr(lora_doctor, name, None)
-    return fn if callable(fn) else None
-
-
-def _unavailable(code: str, what: str, name: str) -> Finding:
-    return Finding(code, "info", f"{what} is not available in this lora-doctor version (lora_doctor.{name})",
-                   "upgrade lora-doctor; training is monitored without it", {})
-
-
 def _failed(code: str, what: str, exc: BaseException) -> Finding:
     return Finding(code, "warning", f"{what} failed on this model: {type(exc).__name__}: {exc}",
                    "training goes on without it; please report this with the model and settings",
                    {"error": repr(exc)})
 
 
-def run_plan(model: Any, settings: dict, gpu: Any) -> tuple[Any, list[Finding]]:
-    plan = _library_function("plan")
-    if plan is None:
-        return None, [_unavailable("planner-unavailable", "the memory planner", "plan")]
+def run_plan(model: Any, settings: dict, gpu: Any, trainer: Any = None) -> tuple[Any, list[Finding]]:
+    """Plan ``trainer`` like :func:`lora_doctor.plan_trainer` (else ``model`` at ``settings``)."""
+    from ..planner import plan
+    from ..workloads.trainer import plan_trainer
+
     try:
-        result = plan(model, gpu=gpu, **settings)
+        if trainer is not None:
+            result = plan_trainer(trainer, gpu=gpu, fallback_seq_len=settings.get("seq_len"))
+            settings.update(batch_size=result.settings.batch_size, seq_len=result.details["batch"]["seq_len"],
+                            trainer=result.details["batch"]["trainer"])
+        else:
+            result = plan(model, gpu=gpu, **settings)
+            result.notes.insert(0, f"planned at the first batch's shape ({settings.get('batch_size')} x "
+                                   f"{settings.get('seq_len')}): no Trainer found to read the dataset from")
     except Exception as exc:
         return None, [_failed("planner-failed", "the memory planner", exc)]
     findings = []
@@ -139,14 +137,14 @@ def run_plan(model: Any, settings: dict, gpu: Any) -> tuple[Any, list[Finding]]:
     return result, findings
 
 
-def run_diagnose(model: Any, args: Any, tokenizer: Any) -> list[Finding]:
-    diagnose = _library_function("diagnose")
-    if diagnose is None:
-        return [_unavailable("doctor-unavailable", "the config doctor", "diagnose")]
+def run_diagnose(model: Any, args: Any, tokenizer: Any, trainer: Any = None) -> list[Finding]:
+    from ..doctor import diagnose
+
     base_config = getattr(getattr(model, "get_base_model", lambda: model)(), "config", None)
     try:
         report = diagnose(model, _lora_config(model), training_args=args, tokenizer=tokenizer,
-                          quantization_config=getattr(base_config, "quantization_config", None))
+                          quantization_config=getattr(base_config, "quantization_config", None),
+                          data_collator=getattr(trainer, "data_collator", None))
         return list(getattr(report, "findings", report) or [])
     except Exception as exc:
         return [_failed("doctor-failed", "the config doctor", exc)]
@@ -177,8 +175,11 @@ def run_preflight(model: Any, args: Any, tokenizer: Any, adapters: list[Adapter]
     plan = None
     gpu_spec = _local_gpu(gpu)
     if use_library:
-        plan, plan_findings = run_plan(model, settings, gpu_spec)
-        doctor = run_diagnose(model, args, tokenizer)
+        from .objective import find_trainer
+
+        trainer = find_trainer()
+        plan, plan_findings = run_plan(model, settings, gpu_spec, trainer)
+        doctor = run_diagnose(model, args, tokenizer, trainer)
         seen = {f.code for f in doctor}
         findings = doctor + [f for f in findings if f.code not in seen] + plan_findings
     capacity = getattr(getattr(plan, "gpu", None), "memory_bytes", None) or getattr(gpu_spec, "memory_bytes", None)

@@ -140,18 +140,30 @@ def _loss_of(output: Any) -> torch.Tensor | None:
 
 
 class LossProbe:
-    """The model's own loss of each training micro-batch, combined per optimizer step like the Trainer's
-    logged loss (summed under ``num_items_in_batch`` normalization, else averaged)."""
+    """The objective of each training micro-batch, combined per optimizer step like the Trainer's logged
+    ``loss``: what ``Trainer.training_step`` returns, summed (:mod:`.objective`; DPO's and GRPO's
+    objectives, never a no-grad forward). Without a Trainer on the stack: the model's own loss of each
+    training-mode forward (summed under ``num_items_in_batch`` normalization, else averaged)."""
 
     def __init__(self) -> None:
         self._current: list[torch.Tensor] = []
         self._summed = False   # the Trainer passed num_items_in_batch: micro-batch losses are partial sums
         self._pending: list[tuple[int, torch.Tensor]] = []
         self._handle: Any = None
+        self._tap: Any = None
         self.errors: list[BaseException] = []
 
     def attach(self, model: torch.nn.Module) -> None:
-        self._handle = model.register_forward_hook(self._hook, with_kwargs=True)
+        from .objective import tap_training_step
+
+        self._tap = tap_training_step(self._record_objective, self.errors)
+        if self._tap is None:
+            self._handle = model.register_forward_hook(self._hook, with_kwargs=True)
+
+    def _record_objective(self, loss: Any) -> None:
+        if isinstance(loss, torch.Tensor):
+            self._summed = True   # training_step already scales each micro-batch: the step's loss is the sum
+            self._current.append(loss.detach().float().reshape(()))
 
     def _hook(self, module: torch.nn.Module, args: Any, kwargs: dict, output: Any) -> None:
         try:
@@ -185,6 +197,9 @@ class LossProbe:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+        if self._tap is not None:
+            self._tap.remove()
+            self._tap = None
 
 
 def batch_shape(args: tuple, kwargs: dict) -> tuple[int, int] | None:

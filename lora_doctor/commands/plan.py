@@ -5,8 +5,28 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..plan_types import OFFLOADS, STRATEGIES
+from ..errors import InvalidSettingError
+from ..plan_types import OFFLOADS, STRATEGIES, TRAINERS
 from ..strict_json import dumps
+
+# TRL options with a value: (flag, type, help); the name is the TRL field (--max-length -> max_length).
+TRL_FLAGS = (
+    ("--max-length", int, "sft/dpo: TRL max_length (rows are capped at it; default 1024)"),
+    ("--max-completion-length", int, "grpo: completion tokens (default 512)"),
+    ("--num-generations", int, "grpo: completions per prompt (default 8)"),
+    ("--generation-batch-size", int, "grpo: sequences generated at once"),
+    ("--steps-per-generation", int, "grpo: micro-steps per generation (TRL: gradient_accumulation_steps)"),
+    ("--beta", float, "dpo/grpo: KL coefficient (grpo > 0 adds a reference forward)"),
+    ("--vllm-mode", str, "grpo: colocate or server"),
+    ("--vllm-gpu-memory-utilization", float, "grpo: GPU fraction vLLM colocate reserves (default 0.3)"),
+)
+TRL_SWITCHES = (
+    ("--packing", "sft: pack examples into rows of max_length"),
+    ("--padding-free", "sft/dpo: one flattened row per batch"),
+    ("--activation-offloading", "sft/dpo: saved activations to CPU"),
+    ("--precompute-ref-log-probs", "dpo: reference log-probs before training (no ref_model)"),
+    ("--use-vllm", "grpo: generate with vLLM"),
+)
 
 EPILOG = """\
 examples:
@@ -18,11 +38,17 @@ examples:
   lora-doctor plan meta-llama/Llama-2-7b-hf --mode full --gpu 2x24GB --strategy fsdp
   lora-doctor plan meta-llama/Llama-2-7b-hf --mode full --gpu H100 --deepspeed ds_config.json --num-gpus 4
   lora-doctor plan meta-llama/Llama-2-7b-hf --gpu A100-80GB --accelerate-config ~/.cache/huggingface/accelerate/default_config.yaml
+  lora-doctor plan meta-llama/Llama-3.1-8B --trainer sft --mode lora --seq-len 1024 --packing --gpu 24GB
+  lora-doctor plan Qwen/Qwen2.5-7B --trainer grpo --seq-len 256 --max-completion-length 1024 --num-generations 8
+  lora-doctor plan --config sft.yaml --gpu 24GB     (the YAML `trl sft --config` takes; --trainer dpo|grpo)
 
 Several GPUs: memory is per GPU. --gpu 8xH100 / 2x24GB sets the count (or --num-gpus); --strategy is
 ddp (default), fsdp (FULL_SHARD), fsdp_grad_op (SHARD_GRAD_OP), zero1, zero2 or zero3; --offload
 optimizer or all adds the CPU RAM per node. --deepspeed / --accelerate-config read all of that from
 the launch config (explicit flags win).
+
+Trainers: hf (a plain transformers Trainer, default), sft, dpo, grpo (TRL, from the installed TRL
+version's defaults). For grpo, --seq-len is the prompt length.
 
 GPU: a size (24GB, 24GiB, 80G, bytes), a name (RTX3090, 4090, T4, L4, A10G, A100-40GB, A100-80GB,
 H100, H200, ...) or 'auto' (the local GPU via NVML). GB means GiB, as on GPU spec sheets. A GPU has at
@@ -38,11 +64,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "model config alone: weights, gradients, optimizer states, activations, "
                                    "logits, quantization, CUDA context and allocator reserve.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="hub id (offline catalog, HF cache), local directory or config.json")
+    p.add_argument("model", nargs="?", help="hub id (offline catalog, HF cache), local directory or config.json "
+                   "(optional with --config: its model_name_or_path)")
+    p.add_argument("--config", help="a `trl sft|dpo|grpo --config` YAML file (model, batch, LoRA, TRL options)")
+    p.add_argument("--trainer", choices=TRAINERS, help="trainer whose step is planned (default hf; sft with --config)")
+    p.add_argument("--no-fused-lm-head", action="store_true", help="TRL trainers: plan the model's own logits")
+    for flag, kind, text in TRL_FLAGS:
+        p.add_argument(flag, type=kind, default=None, help=text)
+    for flag, text in TRL_SWITCHES:
+        p.add_argument(flag, action="store_true", default=None, help=text)
     p.add_argument("--gpu", help="GPU memory or name, or 'auto'")
     p.add_argument("--mode", choices=("full", "lora", "qlora"), help="plan one mode (default: all three)")
-    p.add_argument("--batch-size", type=int, default=1, help="per-device micro-batch (default 1)")
-    p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (default 512)")
+    p.add_argument("--batch-size", type=int, default=None, help="per-device micro-batch (default 1; the YAML's with --config)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default 512; max_length with "
+                   "--config; the prompt length for grpo)")
     p.add_argument("--r", type=int, default=16, help="LoRA rank (default 16)")
     p.add_argument("--alpha", type=float, default=32, help="lora_alpha (default 32)")
     p.add_argument("--target-modules", help="comma-separated names, a regex, or all-linear (default: peft's)")
@@ -81,23 +116,66 @@ def parallel_kwargs(args: argparse.Namespace) -> dict:
     return out
 
 
+def _trainer_options(args: argparse.Namespace) -> dict:
+    names = [flag[2:].replace("-", "_") for flag, *_ in TRL_FLAGS] + [f[2:].replace("-", "_") for f, _ in TRL_SWITCHES]
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
 def run(args: argparse.Namespace) -> int:
     from ..planner import plan
 
+    if args.config:
+        return _run_config(args)
+    if not args.model:
+        raise InvalidSettingError("no model given: pass a MODEL (hub id, directory or config.json) or --config FILE")
+    options = _trainer_options(args)
+    if args.no_fused_lm_head:
+        options["fused_lm_head"] = False
     modes = [args.mode] if args.mode else ["full", "lora", "qlora"]
     parallel = parallel_kwargs(args)
-    plans = [plan(args.model, mode=m, gpu=args.gpu, batch_size=args.batch_size, seq_len=args.seq_len, r=args.r,
+    batch = 1 if args.batch_size is None else args.batch_size
+    seq = 512 if args.seq_len is None else args.seq_len
+    plans = [plan(args.model, mode=m, gpu=args.gpu, batch_size=batch, seq_len=seq, r=args.r,
                   lora_alpha=args.alpha, target_modules=args.target_modules, use_rslora=args.use_rslora,
                   lora_dropout=args.dropout, dtype=args.dtype, optim=args.optim,
                   gradient_checkpointing=args.gradient_checkpointing, attn_implementation=args.attn,
                   quant_type=args.quant_type, double_quant=not args.no_double_quant,
-                  engine="trace" if args.trace else "analytic", **parallel)
+                  engine="trace" if args.trace else "analytic", trainer=args.trainer or "hf", **options,
+                  **parallel)
              for m in modes]
+    return _report(args, plans)
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    """``--config trl.yaml``: the YAML's settings, with MODEL, --gpu, --seq-len and the TRL flags on top."""
+    from ..planner import plan
+    from ..workloads.trl_yaml import plan_kwargs, read_yaml, trl_field_names
+
+    trainer = args.trainer or "sft"
+    kw, notes = plan_kwargs(read_yaml(args.config), trainer, trl_field_names(trainer))
+    if args.model:
+        kw["model"] = args.model
+    if args.seq_len is not None:
+        kw["seq_len"] = args.seq_len
+    elif trainer == "grpo":
+        notes.append("grpo: the prompt length is not in the config: planned with 512-token prompts (--seq-len)")
+    if args.batch_size is not None:
+        kw["batch_size"] = args.batch_size
+    kw.update(_trainer_options(args))
+    kw.update(parallel_kwargs(args))
+    if args.no_fused_lm_head:
+        kw["fused_lm_head"] = False
+    result = plan(kw.pop("model"), gpu=args.gpu, engine="trace" if args.trace else "analytic", **kw)
+    result.notes[:0] = [f"from {args.config} ({trainer})"] + notes
+    return _report(args, [result], single=True)
+
+
+def _report(args: argparse.Namespace, plans: list, single: bool = False) -> int:
     if args.json:
         print(dumps({"plans": [p.to_dict() for p in plans]}))
     else:
         _print(plans, args.gpu is None)
-    if args.gpu is not None and args.mode:
+    if args.gpu is not None and (args.mode or single):
         return 0 if plans[0].fits else 1
     return 0
 

@@ -23,7 +23,7 @@ from .report import DoctorReport
 from .scaling import check_capacity, check_scale, scale_summary
 from .settings import LoraSettings, QuantSettings, TrainingSettings
 from .targets import TARGET_CHECKS
-from .tokenizer import TokenizerFacts, check_tokenizer
+from .tokenizer import TokenizerFacts, check_tokenizer, masks_padding_by_length
 from .training import check_checkpointing, check_trainable
 
 
@@ -130,13 +130,14 @@ def _check_arguments(num_examples: Any, dry_run: Any, max_params: Any) -> None:
 
 def diagnose(model: Any, lora_config: Any = None, *, training_args: Any = None, tokenizer: Any = None,
              quantization_config: Any = None, dry_run: bool = False, num_examples: int | None = None,
-             dry_run_max_params: int = DEFAULT_MAX_PARAMS) -> DoctorReport:
+             dry_run_max_params: int = DEFAULT_MAX_PARAMS, data_collator: Any = None) -> DoctorReport:
     """Pre-flight checks of a LoRA setup; every finding names its cause and its fix.
 
     ``model``: a hub id, path, config or dict (built on the meta device), a loaded model, or a ``PeftModel``
     (then its real adapter tensors are inspected and, without ``lora_config``, its active adapter's config is
     used). ``lora_config``: a ``LoraConfig``, a dict of its fields, or None for peft's defaults.
-    ``dry_run=True`` runs one forward and backward on a tiny synthetic batch. Raises LoraDoctorError
+    ``dry_run=True`` runs one forward and backward on a tiny synthetic batch. ``data_collator``: the
+    Trainer's collator; TRL's mask padding by position, so pad == eos is no problem there. Raises LoraDoctorError
     subclasses for inputs it cannot use (unknown model, invalid setting).
     """
     _check_arguments(num_examples, dry_run, dry_run_max_params)
@@ -172,7 +173,8 @@ def diagnose(model: Any, lora_config: Any = None, *, training_args: Any = None, 
     if tokenizer is not None:
         rows = next((m.in_features for m in inv.modules if m.name == inv.input_embedding), resolved.arch.vocab_size)
         emb_names = [m.name.rsplit(".", 1)[-1] for m in inv.modules if m.scope in ("embedding", "head")]
-        findings += check_tokenizer(TokenizerFacts.from_tokenizer(tokenizer), settings, rows, emb_names)
+        findings += check_tokenizer(TokenizerFacts.from_tokenizer(tokenizer), settings, rows, emb_names,
+                                    masks_padding_by_length(data_collator))
     if dry_run:
         findings += run_dry(resolved, settings, training, dry_run_max_params)
     return DoctorReport(resolved.name, findings, _summary(settings, inv, match))

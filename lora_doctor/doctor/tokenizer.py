@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,29 @@ class TokenizerFacts:
                                       f"({exc})") from None
 
 
+# Collators that mask padding by position (the padded tail of each row), never by token id, so a pad
+# token equal to eos leaves every real eos label in place: (top-level package, class name). TRL 1.16's
+# SFT/DPO/KTO/reward collators build labels from the unpadded lists and pad labels with -100;
+# transformers' DataCollatorForSeq2Seq pads labels with label_pad_token_id. GRPO/RLOO take no collator
+# (``identity``) and keep each completion up to and including its first eos.
+LENGTH_MASKING_COLLATORS = {
+    ("trl", "DataCollatorForLanguageModeling"), ("trl", "DataCollatorForVisionLanguageModeling"),
+    ("trl", "DataCollatorForPreference"), ("trl", "DataCollatorForVisionPreference"),
+    ("trl", "DataCollatorForUnpairedPreference"), ("trl", "DataCollatorForVisionUnpairedPreference"),
+    ("trl", "identity"), ("transformers", "DataCollatorForSeq2Seq"),
+}
+
+
+def masks_padding_by_length(data_collator: Any) -> str | None:
+    """The collator's name when it keeps eos labels with pad == eos (see LENGTH_MASKING_COLLATORS), else None."""
+    if data_collator is None:
+        return None
+    kind = data_collator if inspect.isfunction(data_collator) else type(data_collator)   # GRPO's is a function
+    root = (getattr(kind, "__module__", "") or "").split(".")[0]
+    name = getattr(kind, "__name__", "")
+    return f"{root}.{name}" if (root, name) in LENGTH_MASKING_COLLATORS else None
+
+
 def trains_new_tokens(s: LoraSettings, embedding_names: list[str]) -> bool:
     """True when the config makes embedding rows trainable and saved (modules_to_save or trainable tokens)."""
     if s.trainable_token_indices:
@@ -47,14 +71,16 @@ def trains_new_tokens(s: LoraSettings, embedding_names: list[str]) -> bool:
     return any(name == m or name.endswith(f".{m}") for m in s.modules_to_save for name in embedding_names)
 
 
-def check_tokenizer(t: TokenizerFacts, s: LoraSettings, embedding_rows: int, embedding_names: list[str]) -> list[Finding]:
+def check_tokenizer(t: TokenizerFacts, s: LoraSettings, embedding_rows: int, embedding_names: list[str],
+                    length_masking_collator: str | None = None) -> list[Finding]:
+    """``length_masking_collator``: the name of a collator that masks padding by position (no pad-is-eos)."""
     out = []
     if t.pad_id is None:
         out.append(finding("pad-missing", "the tokenizer has no pad token: batching fails with 'Asking to pad but the "
                            "tokenizer does not have a padding token'.", "Add a dedicated pad token "
                            "(tokenizer.add_special_tokens({'pad_token': '<pad>'}) and resize the embeddings) or reuse "
                            "an unused token such as unk; avoid eos (see pad-is-eos)."))
-    elif t.eos_id is not None and t.pad_id == t.eos_id:
+    elif t.eos_id is not None and t.pad_id == t.eos_id and length_masking_collator is None:
         out.append(finding("pad-is-eos", f"pad token {t.pad_token!r} is the eos token: collators mask padding out of "
                            "the labels, and with it every eos, so the model never learns to stop generating.",
                            "Use a distinct pad token (unk or a reserved token), or a collator that keeps the eos label "

@@ -14,7 +14,7 @@ reported is the one of the phase with the highest total.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..arch import ArchSpec
 from ..plan_types import PlanSettings
@@ -33,7 +33,7 @@ class PhaseTotals:
     notes: tuple[str, ...]
     targets: tuple[str, ...]
     loss_bytes: int           # logits-and-loss high-water mark, whichever phase peaks
-    phase_breakdowns: dict[str, dict[str, int]] | None = None   # every phase's terms (lora_doctor.parallel rescales them)
+    breakdowns: dict[str, dict[str, int]] = field(default_factory=dict)  # every phase's breakdown (workloads)
 
 
 def _dtypes(s: PlanSettings) -> activations.DtypeContext:

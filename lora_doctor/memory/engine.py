@@ -15,6 +15,7 @@ from .activations import RECIPES
 from .analytic import PhaseTotals, step_peak
 from .persistent import persistent_terms
 from .targets import targeted_families
+from .workload import device_reserves, workload_peak
 from .overhead import device_terms
 
 
@@ -27,14 +28,15 @@ def lora_scale(s: PlanSettings) -> float | None:
 
 def analytic_plan(resolved: ResolvedModel, s: PlanSettings, device: str = "cuda") -> MemoryPlan:
     """Closed-form peak of one training step of ``resolved`` under ``s`` (no verdict)."""
-    totals = step_peak(resolved.arch, s, device=device)
+    totals = workload_peak(resolved.arch, s, device=device)
     host_bytes, parallel_notes = None, ()
     if s.parallel.strategy is not None:  # several GPUs: what one of them holds (lora_doctor.parallel)
         totals, host_bytes, parallel_notes = _per_gpu(resolved, s, totals, device)
     peak = sum(totals.breakdown.values())
-    overhead = device_terms(peak, totals.loss_bytes)
+    reserves, reserve_notes = device_reserves(s)
+    overhead = device_terms(peak, totals.loss_bytes, reserves.get("vllm_reserve", 0))
     breakdown = dict({term: 0 for term in TENSOR_TERMS}, **totals.breakdown, **overhead)
-    notes = list(totals.notes) + list(parallel_notes)
+    notes = list(totals.notes) + list(parallel_notes) + reserve_notes
     recipe = RECIPES.get(resolved.arch.block, RECIPES["generic"])
     if s.attn_implementation == "sdpa" and not recipe.sdpa:
         notes.append(f"{resolved.arch.model_type} has no SDPA attention in transformers: planned with eager "
@@ -47,7 +49,7 @@ def analytic_plan(resolved: ResolvedModel, s: PlanSettings, device: str = "cuda"
         device_peak_bytes=int(peak + sum(overhead.values())), total_params=resolved.arch.total_params,
         trainable_params=totals.trainable_params, engine="analytic", peak_phase=totals.phase,
         lora_scale=lora_scale(s), targets=list(totals.targets), notes=notes,
-        details={"phases": totals.phases, **({"phase_breakdowns": totals.phase_breakdowns} if parallel_notes else {})},
+        details={"phases": totals.phases, **({"breakdowns": totals.breakdowns} if parallel_notes else {})},
         host_peak_bytes=host_bytes,
     )
 
@@ -61,11 +63,11 @@ def _per_gpu(resolved: ResolvedModel, s: PlanSettings, totals: PhaseTotals,
     targeted = [] if s.mode == "full" else targeted_families(arch, s.target_modules)
     pers = persistent_terms(arch, mode=s.mode, dtype=s.dtype, targeted=targeted, r=s.r, optim=s.optim,
                             double_quant=s.double_quant, device=device)
-    split = per_gpu(arch, s, pers, totals.phase_breakdowns or {totals.phase: totals.breakdown}, device)
+    split = per_gpu(arch, s, pers, totals.breakdowns or {totals.phase: totals.breakdown}, device)
     sums = {name: sum(bd.values()) for name, bd in split.phases.items()}
     phase = max(sums, key=sums.__getitem__)
     host = None
     if split.host_bytes_per_rank is not None:
         host = split.host_bytes_per_rank * int(s.parallel.option("gpus_per_node", min(s.parallel.num_gpus, 8)))
-    return (replace(totals, breakdown=split.phases[phase], phase=phase, phases=sums, phase_breakdowns=split.phases),
+    return (replace(totals, breakdown=split.phases[phase], phase=phase, phases=sums, breakdowns=split.phases),
             host, split.notes)

@@ -19,8 +19,9 @@ from .tables import (
 )
 
 
-def device_terms(tensor_peak: int, loss_bytes: int = 0) -> dict[str, int]:
-    """``cuda_context`` and ``allocator_reserve`` for a tensor peak and its logits-and-loss term, in bytes."""
+def device_terms(tensor_peak: int, loss_bytes: int = 0, vllm_reserve: int = 0) -> dict[str, int]:
+    """``cuda_context`` and ``allocator_reserve`` for a tensor peak and its logits-and-loss term, in bytes,
+    and ``vllm_reserve``: what vLLM colocated with a GRPO run reserves (0 otherwise; lora_doctor.memory.workload)."""
     reserve = (ALLOCATOR_RESERVE_BASE_BYTES + tensor_peak * ALLOCATOR_RESERVE_FRACTION
                + loss_bytes * ALLOCATOR_RESERVE_LOSS_FRACTION)
-    return {"cuda_context": CUDA_CONTEXT_BYTES, "allocator_reserve": int(reserve)}
+    return {"cuda_context": CUDA_CONTEXT_BYTES, "allocator_reserve": int(reserve), "vllm_reserve": int(vllm_reserve)}
