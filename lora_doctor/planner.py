@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 from .errors import InvalidSettingError
 from .gpus import GpuSpec, parse_gpu
-from .inputs import make_inputs
+from .inputs import make_inputs, plan_inputs
 from .memory.engine import analytic_plan
 from .memory.tables import DTYPE_ALIASES, DTYPE_BYTES, OPTIMIZERS
 from .models import ResolvedModel, resolve
@@ -70,6 +70,7 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
     parallel = make_parallel(num_gpus, strategy, offload, gpu_count=gpu_spec.count if gpu_spec else 1)
     inputs = make_inputs(images_per_sample, image_size, image_tokens, audio_seconds)
     resolved = resolve(model)
+    plan_inputs(resolved.arch, inputs)   # images for a text-only model, audio beyond 30 s: clear errors now
     lora = _lora_defaults(resolved.module, r=r, lora_alpha=lora_alpha, target_modules=target_modules,
                           use_rslora=use_rslora, lora_dropout=lora_dropout)
     settings = make_settings(mode=mode, batch_size=batch_size, seq_len=seq_len, **lora, dtype=dtype,

@@ -15,6 +15,7 @@ reported is the one of the phase with the highest total.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 from ..arch import ArchSpec
 from ..plan_types import PlanSettings
@@ -59,8 +60,14 @@ def _autocast_weight_cache(arch: ArchSpec, s: PlanSettings, dt: activations.Dtyp
     return (sum(f.weight_params for f in fams) + tied_head) * dt.autocast
 
 
-def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda") -> PhaseTotals:
-    """Tensor-memory peak of one training step; pure arithmetic on ``arch`` and ``s``."""
+def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda",
+              extra_activations: Mapping[str, int] | None = None,
+              extra_phases: Mapping[str, Mapping[str, int]] | None = None) -> PhaseTotals:
+    """Tensor-memory peak of one training step; pure arithmetic on ``arch`` and ``s``.
+
+    ``extra_activations`` (phase -> bytes) and ``extra_phases`` (phase -> non-persistent terms) are
+    the hook other parts of the model add through (multimodal towers: lora_doctor.memory.towers).
+    """
     full = s.mode == "full"
     targeted = [] if full else targeted_families(arch, s.target_modules)
     pers = persistent_terms(arch, mode=s.mode, dtype=s.dtype, targeted=targeted, r=s.r, optim=s.optim,
@@ -102,6 +109,10 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda") -> Phase
         "optimizer_step": dict(base, gradients=pers.gradients, activations=0, logits_and_loss=0,
                                temporaries=pers.optimizer_scratch + workspace),
     }
+    for name, extra in (extra_activations or {}).items():
+        phases_bd[name]["activations"] += int(extra)
+    for name, terms in (extra_phases or {}).items():
+        phases_bd[name] = dict(base, **{k: int(v) for k, v in terms.items()})
     totals = {name: sum(bd.values()) for name, bd in phases_bd.items()}
     phase = max(totals, key=totals.__getitem__)
     notes = list(pers.notes)
