@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from ..inputs import InputPlan
 from ..models import ResolvedModel
+from ..placement import placement_note
 from ..plan_types import MemoryPlan, PlanSettings
 from .activations import RECIPES
 from .analytic import step_peak
@@ -35,6 +36,9 @@ def analytic_plan(resolved: ResolvedModel, s: PlanSettings, device: str = "cuda"
     overhead = device_terms(peak, totals.loss_bytes)
     breakdown = dict(totals.breakdown, **overhead)
     notes = list(totals.notes) + list(inputs.notes) + list(towers.notes)
+    where = placement_note(resolved.arch, s.target_modules) if s.mode != "full" else None
+    if where:
+        notes.append(where)
     recipe = RECIPES.get(resolved.arch.block, RECIPES["generic"])
     if s.attn_implementation == "sdpa" and not recipe.sdpa:
         notes.append(f"{resolved.arch.model_type} has no SDPA attention in transformers: planned with eager "

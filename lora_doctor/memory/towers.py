@@ -151,7 +151,8 @@ def tower_terms(arch: ArchSpec, s: PlanSettings, device: str = "cuda") -> tuple[
                                   bool({"vision", "projector"} & set(trains)), targeted)
     if audio is not None:
         a_tokens = b * ip.audio_frames
-        resident += int(b * ip.mel_frames * int(audio.extra.get("num_mel_bins", 80)) * PIXEL_BYTES)
+        # input_features, cast by the user's collator to the model dtype (Whisper's conv rejects fp32 otherwise)
+        resident += int(b * ip.mel_frames * int(audio.extra.get("num_mel_bins", 80)) * _dtypes(s).stream)
         resident += a_tokens * audio.hidden_size * _dtypes(s).stream    # encoder output, read by every layer
         if "audio" in trains:
             saved += _stack_saved(arch, audio, s, a_tokens, targeted, device)
