@@ -12,7 +12,7 @@ from typing import Any
 
 from .arch import ArchSpec, LinearFamily
 from .errors import UnsupportedModelError
-from .introspect_towers import detect_towers, layout_for, text_overrides, tower_scope
+from .introspect_towers import LOSS_IN_LOGITS_DTYPE, detect_towers, layout_for, text_overrides, tower_scope
 
 # Activation recipe per model_type (see lora_doctor.memory.activations); unknown types use "generic".
 BLOCK_RECIPES: dict[str, str] = {
@@ -192,7 +192,8 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
     )
     overrides = text_overrides(config)
     if overrides:
-        extra = dict(spec.extra, max_position_embeddings=getattr(config, "max_target_positions", None) or spec.max_positions)
+        extra = dict(spec.extra, max_position_embeddings=getattr(config, "max_target_positions", None) or spec.max_positions,
+                     loss_in_logits_dtype=config.model_type in LOSS_IN_LOGITS_DTYPE)
         spec = replace(spec, **overrides, extra=extra)
     return spec
 

@@ -145,6 +145,11 @@ def tower_scope(path: str, towers: tuple[TowerSpec, ...]) -> str | None:
     return best.role if best else None
 
 
+# Models whose own loss is ``CrossEntropyLoss()(logits, labels)`` in the logits' dtype (no fp32 upcast as in
+# transformers' ForCausalLMLoss): the analytic engine reads ArchSpec.extra["loss_in_logits_dtype"].
+LOSS_IN_LOGITS_DTYPE = frozenset({"whisper"})
+
+
 def text_overrides(config: Any) -> dict[str, int]:
     """ArchSpec text fields that come from another config key for this model_type (Whisper's decoder)."""
     table = TEXT_OVERRIDES.get(getattr(config, "model_type", ""), {})

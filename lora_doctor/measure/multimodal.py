@@ -124,7 +124,9 @@ def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return out
 
 
-def measure_case(case: MMCase, steps: int = 2) -> Any:
+def measure_case(case: MMCase, steps: int = 3) -> Any:
+    """Three steps: in every step but the last, accelerate's dataloader holds the next batch (its pixel
+    values too), as in a real run; the second step also has the optimizer states."""
     from .training import measure_training
 
     data = MultimodalSamples(case.model, case.settings, case.settings.batch_size * steps)

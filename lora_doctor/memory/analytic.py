@@ -91,6 +91,9 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda",
     logit_bytes = dt.autocast or (4 if s.mode == "qlora" else DTYPE_BYTES[s.dtype])
     loss_fwd = T * V * (logit_bytes + 8 if logit_bytes != 4 else 8)
     loss_bwd = max(T * V * 12, T * V * (4 + logit_bytes) + pers.head_gradient)
+    if arch.extra.get("loss_in_logits_dtype"):  # Whisper: CrossEntropyLoss on the logits as they are, no fp32 copy
+        loss_fwd = 2 * T * V * logit_bytes                           # logits + log-softmax
+        loss_bwd = max(3 * T * V * logit_bytes, 2 * T * V * logit_bytes + pers.head_gradient)  # + the gradients
     if arch.extra.get("final_logit_softcapping"):  # Gemma-2: tanh(logits / cap) * cap keeps the tanh output
         loss_fwd += T * V * logit_bytes
         loss_bwd += T * V * logit_bytes

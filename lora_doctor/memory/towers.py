@@ -13,7 +13,9 @@ sequence (text + image tokens); this module adds what the towers contribute:
 * Whisper's decoder cross-attends to the 1500 encoder frames: per layer it keeps the keys and values
   over those frames (SDPA saves them), its own LayerNorm and the adapters' inputs;
 * the inputs themselves (``pixel_values`` / ``input_features`` as the processor returns them, fp32)
-  and Whisper's encoder output stay alive through the step.
+  and Whisper's encoder output stay alive through the step. On the CPU (``device="cpu"``) the next
+  batch is there too: accelerate's ``DataLoaderShard`` fetches one batch ahead and only moves the
+  current one to the device, so on a GPU the look-ahead batch sits in host memory instead.
 """
 
 from __future__ import annotations
@@ -123,6 +125,18 @@ def _cross_saved(arch: ArchSpec, s: PlanSettings, dec_tokens: int, enc_tokens: i
     return int(per_layer * L)
 
 
+def _input_bytes(arch: ArchSpec, ip: InputPlan, s: PlanSettings) -> int:
+    """One batch of pixel values (fp32, as image processors return them) or audio features (cast by the
+    collator to the model dtype: Whisper's conv front-end rejects fp32 features on a bf16 model)."""
+    vision, audio = tower(arch.towers, "vision"), tower(arch.towers, "audio")
+    if audio is not None:
+        return int(s.batch_size * ip.mel_frames * int(audio.extra.get("num_mel_bins", 80)) * _dtypes(s).stream)
+    if vision is None or not ip.images:
+        return 0
+    per_patch = 3 * vision.patch_size ** 2 * int(vision.extra.get("temporal_patch_size", 1))
+    return int(s.batch_size * ip.images * ip.vision_seq_per_image * per_patch * PIXEL_BYTES)
+
+
 def tower_terms(arch: ArchSpec, s: PlanSettings, device: str = "cuda") -> tuple[TowerTerms, InputPlan]:
     """What the towers add to one step of ``arch`` under ``s``; () terms for a text-only model."""
     ip = plan_inputs(arch, s.inputs)
@@ -138,8 +152,7 @@ def tower_terms(arch: ArchSpec, s: PlanSettings, device: str = "cuda") -> tuple[
     notes: list[str] = []
     if vision is not None and ip.images:
         v_tokens = b * ip.images * ip.vision_seq_per_image
-        resident += int(v_tokens * 3 * vision.patch_size ** 2 * int(vision.extra.get("temporal_patch_size", 1))
-                        * PIXEL_BYTES)
+        resident += _input_bytes(arch, ip, s)
         if "vision" in trains:
             saved += _stack_saved(arch, vision, s, v_tokens, targeted, device)
             notes.append(f"the vision tower trains ({'full fine-tuning' if full else 'adapters on its layers'}): "
@@ -151,8 +164,7 @@ def tower_terms(arch: ArchSpec, s: PlanSettings, device: str = "cuda") -> tuple[
                                   bool({"vision", "projector"} & set(trains)), targeted)
     if audio is not None:
         a_tokens = b * ip.audio_frames
-        # input_features, cast by the user's collator to the model dtype (Whisper's conv rejects fp32 otherwise)
-        resident += int(b * ip.mel_frames * int(audio.extra.get("num_mel_bins", 80)) * _dtypes(s).stream)
+        resident += _input_bytes(arch, ip, s)
         resident += a_tokens * audio.hidden_size * _dtypes(s).stream    # encoder output, read by every layer
         if "audio" in trains:
             saved += _stack_saved(arch, audio, s, a_tokens, targeted, device)
@@ -160,6 +172,8 @@ def tower_terms(arch: ArchSpec, s: PlanSettings, device: str = "cuda") -> tuple[
                 saved += int(b * ip.mel_frames * (audio.hidden_size * 2 * _dtypes(s).linear_out))
         transient = _forward_working_set(audio, a_tokens, s, keeps_hidden_states=False)
         saved += _cross_saved(arch, s, b * s.seq_len, a_tokens, targeted)
+    if device == "cpu":   # the look-ahead batch of accelerate's DataLoaderShard lives on the same device
+        resident += _input_bytes(arch, ip, s)
     lm_seq = s.seq_len + ip.lm_image_tokens
     return TowerTerms(lm_seq, saved, transient, resident, trains, tuple(notes)), ip
 
