@@ -140,11 +140,12 @@ class LoraDoctorCallback(TrainerCallback):
         self.monitor = Monitor(model, self.thresholds, fp16_scaling=self._scaler is not None)
         self.monitor.attach(model)
         self._first_batch_hook = FirstBatchHook(
-            lambda batch, seq: self._before_first_step(model, args, processing_class, batch, seq))
+            lambda batch, seq, inputs=None: self._before_first_step(model, args, processing_class, batch, seq, inputs))
         self._first_batch_hook.attach(model)
 
-    def _before_first_step(self, model: Any, args: Any, tokenizer: Any, batch: int | None, seq: int | None) -> None:
-        self._preflight(model, args, tokenizer, batch, seq)
+    def _before_first_step(self, model: Any, args: Any, tokenizer: Any, batch: int | None, seq: int | None,
+                           inputs: dict | None = None) -> None:
+        self._preflight(model, args, tokenizer, batch, seq, inputs)
         if self.auto_fallback and self.report is not None:   # WontFitError stops the run here, on purpose
             try:
                 found = apply_fallback(model, self.report)
@@ -168,9 +169,11 @@ class LoraDoctorCallback(TrainerCallback):
                     self.console.alarm([found])
 
     @_guarded
-    def _preflight(self, model: Any, args: Any, tokenizer: Any, batch: int | None, seq: int | None) -> None:
+    def _preflight(self, model: Any, args: Any, tokenizer: Any, batch: int | None, seq: int | None,
+                   inputs: dict | None = None) -> None:
         self.report = run_preflight(model, args, tokenizer, self.monitor.adapters if self.monitor else [],
-                                    batch=batch, seq_len=seq, gpu=self.gpu, use_library=self.run_preflight)
+                                    batch=batch, seq_len=seq, gpu=self.gpu, use_library=self.run_preflight,
+                                    inputs=inputs)
         self.findings += self.report.findings
         if self._main:
             self.console.preflight(self.report)

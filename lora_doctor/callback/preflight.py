@@ -169,10 +169,13 @@ def _local_gpu(gpu: Any) -> Any:
 
 
 def run_preflight(model: Any, args: Any, tokenizer: Any, adapters: list[Adapter], *,
-                  batch: int | None, seq_len: int | None, gpu: Any = None, use_library: bool = True) -> PreflightReport:
-    """Summary, plan and findings for the panel. Never raises for a missing planner or doctor."""
+                  batch: int | None, seq_len: int | None, gpu: Any = None, use_library: bool = True,
+                  inputs: dict | None = None) -> PreflightReport:
+    """Summary, plan and findings for the panel. Never raises for a missing planner or doctor.
+
+    ``inputs``: images / audio read from the first batch (callback.probes.batch_inputs)."""
     summary = summarize(model, adapters)
-    settings = plan_settings(model, args, summary, batch, seq_len)
+    settings = dict(plan_settings(model, args, summary, batch, seq_len), **(inputs or {}))
     findings = init_findings(adapters) if adapters else []
     plan = None
     gpu_spec = _local_gpu(gpu)
