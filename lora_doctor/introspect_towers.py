@@ -35,6 +35,19 @@ def layout_for(config: Any) -> TowerLayout | None:
     return layout
 
 
+def check_fields(fields: dict) -> None:
+    """A config.json of a vision-language model without its vision section: a clear error, not defaults.
+
+    transformers fills a missing ``vision_config`` with its defaults (a CLIP-L for LLaVA), which would plan
+    some other vision tower without a word.
+    """
+    layout = TOWER_LAYOUTS.get(str(fields.get("model_type", "")))
+    if layout is not None and layout.vision and not fields.get(layout.vision_config):
+        raise UnsupportedModelError(f"{fields['model_type']} config has no {layout.vision_config!r}: a vision-language "
+                                    "model needs it to build the vision tower (transformers would silently use its "
+                                    "defaults); pass the model's full config.json")
+
+
 def _find(model: Any, attr: str) -> tuple[str, Any] | None:
     """The shallowest module whose last path component is ``attr``."""
     found = [(n, m) for n, m in model.named_modules() if n.rsplit(".", 1)[-1] == attr]

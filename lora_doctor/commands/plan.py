@@ -12,6 +12,8 @@ examples:
   lora-doctor plan meta-llama/Meta-Llama-3-8B --mode qlora --seq-len 4096 --gradient-checkpointing --gpu RTX3090
   lora-doctor plan Qwen/Qwen2.5-7B --target-modules all-linear --r 64 --alpha 16 --gpu A100-80GB --json
   lora-doctor plan ./checkpoints/my-model --gpu auto          (a local directory or config.json)
+  lora-doctor plan Qwen/Qwen2.5-VL-7B-Instruct --images 1 --image-size 1024x768 --gpu 24GB
+  lora-doctor plan openai/whisper-large-v3 --mode lora --target-modules q_proj,v_proj --seq-len 448 --gpu 24GB
 
 GPU: a size (24GB, 24GiB, 80G, bytes), a name (RTX3090, 4090, T4, L4, A10G, A100-40GB, A100-80GB,
 H100, H200, ...) or 'auto' (the local GPU via NVML). GB means GiB, as on GPU spec sheets.
@@ -43,21 +45,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="attention implementation (default sdpa)")
     p.add_argument("--quant-type", default="nf4", choices=("nf4", "fp4"), help="QLoRA 4-bit type")
     p.add_argument("--no-double-quant", action="store_true", help="QLoRA without double quantization")
+    p.add_argument("--images", type=int, default=0, help="images per sample (vision-language models)")
+    p.add_argument("--image-size", help="image size WIDTHxHEIGHT before the processor resizes, e.g. 1024x768")
+    p.add_argument("--image-tokens", type=int, help="language-model tokens per image, when you know the count")
+    p.add_argument("--audio-seconds", type=float, help="audio per sample (Whisper: padded to 30 s windows)")
     p.add_argument("--trace", action="store_true", help="run the real model code on fake tensors (slower)")
     p.add_argument("--json", action="store_true", help="print every term in bytes as JSON")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..inputs import parse_image_size
     from ..planner import plan
 
+    size = parse_image_size(args.image_size) if args.image_size else None
     modes = [args.mode] if args.mode else ["full", "lora", "qlora"]
     plans = [plan(args.model, mode=m, gpu=args.gpu, batch_size=args.batch_size, seq_len=args.seq_len, r=args.r,
                   lora_alpha=args.alpha, target_modules=args.target_modules, use_rslora=args.use_rslora,
                   lora_dropout=args.dropout, dtype=args.dtype, mixed_precision=args.mixed_precision, optim=args.optim,
                   gradient_checkpointing=args.gradient_checkpointing, attn_implementation=args.attn,
                   quant_type=args.quant_type, double_quant=not args.no_double_quant,
-                  engine="trace" if args.trace else "analytic")
+                  engine="trace" if args.trace else "analytic", images_per_sample=args.images, image_size=size,
+                  image_tokens=args.image_tokens, audio_seconds=args.audio_seconds)
              for m in modes]
     if args.json:
         print(json.dumps({"plans": [p.to_dict() for p in plans]}, indent=2))
