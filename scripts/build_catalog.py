@@ -161,13 +161,39 @@ def build_entry(fields: dict) -> dict:
     return arch_from_model(model, config).to_dict()
 
 
+SOURCES = Path(__file__).resolve().parent / "catalog_sources"
+NOT_ARCHITECTURE = frozenset({"_name_or_path", "auto_map", "torch_dtype", "dtype", "transformers_version",
+                              "use_cache", "quantization_config", "_commit_hash"})
+
+
+def multimodal_entries() -> tuple[dict, dict]:
+    """Vision-language and speech models (issue #13) from scripts/catalog_sources/*.json (``"multimodal": true``):
+    each file holds the published config.json, where it came from, and the published parameter count."""
+    models, aliases = {}, {}
+    for path in sorted(SOURCES.glob("*.json")):
+        source = json.loads(path.read_text())
+        if not source.get("multimodal"):
+            continue
+        fields = {k: v for k, v in source["config"].items() if k not in NOT_ARCHITECTURE}
+        published = source["published_params"]
+        models[source["id"]] = {"config": fields, "published_params": published["value"],
+                                "published_params_rel_tol": published["rel_tol"], "arch": build_entry(fields)}
+        aliases.update({alias: source["id"] for alias in source.get("aliases", [])})
+    return models, aliases
+
+
 def main() -> None:
-    out = {"models": {}, "aliases": ALIASES}
+    out = {"models": {}, "aliases": dict(ALIASES)}
     for model_id, (fields, published) in CATALOG.items():
         arch = build_entry(fields)
         out["models"][model_id] = {"config": fields, "published_params": published, "arch": arch}
         flag = "" if arch["total_params"] == published else f"   MISMATCH (published {published:,})"
         print(f"{model_id:45s} {arch['total_params']:>16,}{flag}")
+    models, aliases = multimodal_entries()
+    out["models"].update(models)
+    out["aliases"].update(aliases)
+    for model_id, entry in models.items():
+        print(f"{model_id:45s} {entry['arch']['total_params']:>16,}   multimodal, published {entry['published_params']:,}")
     path = Path(__file__).resolve().parents[1] / "lora_doctor" / "data" / "catalog.json"
     path.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     print(f"wrote {path}")
