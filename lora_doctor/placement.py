@@ -20,6 +20,13 @@ PART_NAMES = {"blocks": "language model", "cross": "cross-attention", "vision": 
               "other": "other layers"}
 
 
+def part_name(arch: ArchSpec, scope: str) -> str:
+    """What a scope is called on this model (Whisper's language model is its decoder)."""
+    if scope == "blocks" and any(t.role == "audio" for t in arch.towers):
+        return "decoder"
+    return PART_NAMES.get(scope, scope)
+
+
 def placement(arch: ArchSpec, target_modules: Any) -> dict[str, int]:
     """Wrapped linear layers per part of the model (scope -> count), as peft would wrap them."""
     from .memory.targets import targeted_families
@@ -38,7 +45,7 @@ def placement_note(arch: ArchSpec, target_modules: Any) -> str | None:
         where = placement(arch, target_modules)
     except Exception:   # no match / no default targets: the engine raises its own clear error
         return None
-    reached = ", ".join(f"{PART_NAMES.get(k, k)} ({n} layers)" for k, n in where.items())
+    reached = ", ".join(f"{part_name(arch, k)} ({n} layers)" for k, n in where.items())
     untouched = [PART_NAMES[t.role] for t in arch.towers if t.role not in where]
     text = f"target_modules {target_modules!r} reaches: {reached}"
     if untouched:

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ..placement import PART_NAMES, language_model_regex, placement
+from ..placement import PART_NAMES, language_model_regex, part_name, placement
 
 EPILOG = """\
 examples:
@@ -53,7 +53,8 @@ def describe(model: object) -> dict:
                "hidden_size": t.hidden_size, "patch_size": t.patch_size, "image_size": t.image_size,
                "tokens_per_image": t.tokens_per_image} for t in arch.towers]
     return {"model": resolved.name, "model_type": arch.model_type, "families": families, "towers": towers,
-            "all_linear_reaches": placement(arch, "all-linear") if arch.towers else {},
+            "all_linear_reaches": {part_name(arch, k): n for k, n in placement(arch, "all-linear").items()}
+            if arch.towers else {},
             "peft_default_targets": list(arch.default_targets), "suggested_target_modules": suggested,
             "suggested_target_parameters": experts}
 
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         shape = f", {t['layers']} layers, hidden {t['hidden_size']}" if t["layers"] else ""
         print(f"{PART_NAMES[t['role']]}: {t['path']} ({t['params'] / 1e6:,.1f}M params{shape})")
     if info["all_linear_reaches"]:
-        reach = ", ".join(f"{PART_NAMES.get(k, k)} {n}" for k, n in info["all_linear_reaches"].items())
+        reach = ", ".join(f"{k} {n}" for k, n in info["all_linear_reaches"].items())
         print(f"'all-linear' (peft) wraps: {reach} linear layers")
     print(f"suggested target_modules: {info['suggested_target_modules']}")
     print(f"peft default target_modules: {info['peft_default_targets'] or 'none (you must pass target_modules)'}")
