@@ -24,7 +24,7 @@ from typing import Callable
 from .arch import ArchSpec
 from .errors import InvalidSettingError
 from .plan_types import InputSettings
-from .towers import TowerSpec, tower
+from .towers import TOWER_LAYOUTS, TowerSpec, tower
 
 QWEN_MIN_PIXELS = 56 * 56          # Qwen2VLImageProcessor defaults (transformers 5)
 QWEN_MAX_PIXELS = 28 * 28 * 1280
@@ -170,9 +170,9 @@ def _mllama(v: TowerSpec, size: tuple[int, int] | None) -> _ImageCount:
     return _ImageCount(1, tiles * patches, None, notes)
 
 
+# TowerLayout.tokens -> how that family's processor turns an image into tokens
 IMAGE_TOKEN_RULES: dict[str, Callable[[TowerSpec, "tuple[int, int] | None"], _ImageCount]] = {
-    "llava": _llava, "gemma3": _gemma3, "qwen2_vl": _qwen2_vl, "qwen2_5_vl": _qwen2_vl,
-    "idefics3": _idefics3, "smolvlm": _idefics3, "mllama": _mllama,
+    "llava": _llava, "gemma3": _gemma3, "qwen2_vl": _qwen2_vl, "idefics3": _idefics3, "mllama": _mllama,
 }
 
 
@@ -193,7 +193,8 @@ def plan_inputs(arch: ArchSpec, inputs: InputSettings) -> InputPlan:
         notes = (f"{arch.model_type} is a vision-language model planned without images; pass images_per_sample "
                  "(--images) to add the vision tower and the image tokens",) if vision is not None else ()
         return InputPlan(notes=notes)
-    rule = IMAGE_TOKEN_RULES.get(arch.model_type, _llava)
+    layout = TOWER_LAYOUTS.get(arch.model_type)
+    rule = IMAGE_TOKEN_RULES.get(layout.tokens if layout else "llava", _llava)
     count = rule(vision, inputs.image_size)
     lm_tokens, notes = count.lm_tokens, list(count.notes)
     if inputs.image_tokens is not None:

@@ -55,7 +55,7 @@ class TowerLayout:
     audio: str | None = None       # audio encoder attribute
     vision_config: str = "vision_config"   # config field holding the vision tower's settings
     inner_projector: str | None = None     # projector path relative to the vision tower (Qwen: "merger")
-    tokens: str = "fixed"          # how image tokens are counted: see lora_doctor.inputs.IMAGE_TOKEN_RULES
+    tokens: str = "llava"          # how images become tokens: a key of lora_doctor.inputs.IMAGE_TOKEN_RULES
     auto_class: str = "AutoModelForImageTextToText"
 
 

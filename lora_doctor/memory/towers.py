@@ -138,7 +138,8 @@ def _input_bytes(arch: ArchSpec, ip: InputPlan, s: PlanSettings) -> int:
 
 
 def tower_terms(arch: ArchSpec, s: PlanSettings, device: str = "cuda") -> tuple[TowerTerms, InputPlan]:
-    """What the towers add to one step of ``arch`` under ``s``; () terms for a text-only model."""
+    """What the towers add to one step of ``arch`` under ``s`` (nothing for a text-only model), and the
+    token counts of the inputs."""
     ip = plan_inputs(arch, s.inputs)
     if not arch.towers:
         return TowerTerms(s.seq_len), ip
