@@ -47,7 +47,8 @@ def placement_note(arch: ArchSpec, target_modules: Any) -> str | None:
         return None
     reached = ", ".join(f"{part_name(arch, k)} ({n} layers)" for k, n in where.items())
     untouched = [PART_NAMES[t.role] for t in arch.towers if t.role not in where]
-    text = f"target_modules {target_modules!r} reaches: {reached}"
+    shown = f"'{target_modules}'" if isinstance(target_modules, str) else str(list(target_modules))
+    text = f"target_modules {shown} reaches: {reached}"
     if untouched:
         text += f"; not adapted: {', '.join(untouched)}"
     if "vision" in where or "audio" in where:

@@ -51,9 +51,16 @@ def targeted_families(arch: ArchSpec, target_modules: str | Sequence[str] | None
     target = normalize_targets(target_modules)
     if target is None:
         if not arch.default_targets:
+            example = "'all-linear'"
+            if arch.towers:   # multimodal: all-linear would also adapt the vision / audio tower
+                from ..placement import language_model_regex
+
+                anchored = language_model_regex(arch, ["q_proj", "k_proj", "v_proj", "o_proj"])
+                example = f"'{anchored}' for the language model only, or 'all-linear' (towers too)" if anchored \
+                    else example
             raise InvalidSettingError(
                 f"peft has no default target_modules for model_type {arch.model_type!r}; "
-                "pass target_modules (e.g. 'all-linear')"
+                f"pass target_modules (e.g. {example})"
             )
         target = tuple(arch.default_targets)
     if target == "all-linear":
