@@ -43,3 +43,8 @@ def test_gemma3_uses_its_fixed_256_tokens():
     p = plan("google/gemma-3-4b-it", target_modules="all-linear", images_per_sample=2)
     assert p.details["inputs"]["lm_tokens_per_image"] == 256
     assert set(p.details["inputs"]["towers_training"]) == {"vision"}   # Gemma-3's projector has no nn.Linear
+
+
+def test_max_seq_len_leaves_room_for_the_image_tokens():
+    p = plan("llava-hf/llava-1.5-7b-hf", mode="qlora", target_modules="all-linear", images_per_sample=1, gpu="80GB")
+    assert p.max_seq_len == 4096 - 576 and any("minus 576 image tokens" in n for n in p.notes)
