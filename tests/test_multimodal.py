@@ -148,3 +148,13 @@ def test_cli_plan_with_images(capsys):
 
     code = main(["plan", "gpt2", "--images", "1"])
     assert code == 2 and "no vision tower" in capsys.readouterr().err
+
+
+def test_first_batch_probe_reads_whisper_features():
+    import torch
+
+    from lora_doctor.callback.probes import batch_inputs
+
+    kwargs = {"input_features": torch.zeros(2, 80, 3000), "labels": torch.zeros(2, 40, dtype=torch.long)}
+    assert batch_inputs(torch.nn.Linear(1, 1), kwargs) == {"audio_seconds": 30.0, "seq_len": 40, "batch_size": 2}
+    assert batch_inputs(torch.nn.Linear(1, 1), {"input_ids": torch.zeros(2, 8, dtype=torch.long)}) == {}
