@@ -40,6 +40,7 @@ class TowerTerms:
     saved: int = 0             # kept for backward by the towers, the projector and cross-attention
     forward_transient: int = 0 # the largest working set of the towers' forward
     resident: int = 0          # inputs and encoder output alive through the step
+    recompute: int = 0         # gradient checkpointing: one tower block recomputed in the tower's backward
     trains: tuple[str, ...] = ()   # roles of the towers that train
     notes: tuple[str, ...] = ()
 
@@ -64,18 +65,20 @@ def _block_families(arch: ArchSpec, t: TowerSpec) -> list[LinearFamily]:
     return [f for f in arch.linear_families if f.scope == t.role and _IN_BLOCK.search(f.example + ".")]
 
 
-def _stack_saved(arch: ArchSpec, t: TowerSpec, s: PlanSettings, tokens: int, targeted: set[str], device: str) -> int:
-    """Bytes a trained tower saves for backward (the language model's formula on the tower's blocks)."""
+def _stack_saved(arch: ArchSpec, t: TowerSpec, s: PlanSettings, tokens: int, targeted: set[str],
+                 device: str) -> tuple[int, int]:
+    """Bytes a trained tower saves for backward (the language model's formula on the tower's blocks), and,
+    with gradient checkpointing, the one block recomputed during the tower's backward."""
     dt = _dtypes(s)
     sub = _tower_arch(arch, t, _block_families(arch, t))
     est = activations.estimate(sub, seq_len=max(tokens // max(s.batch_size, 1), 1), full=s.mode == "full",
                                targeted=targeted, r=s.r, dt=dt, attn=s.attn_implementation,
                                lora_dropout=s.lora_dropout, device=device)
     L = sub.num_layers
-    if s.gradient_checkpointing:
-        return int(tokens * (L * t.hidden_size * dt.stream + est.per_layer_tokens) + est.shared_bytes * s.batch_size)
+    if s.gradient_checkpointing:   # each block's input; one block's activations while it is recomputed
+        return int(tokens * L * t.hidden_size * dt.stream), int(tokens * est.per_layer_tokens)
     return int(tokens * (L * est.per_layer_tokens - est.first_layer_discount + est.outside_tokens)
-               + est.shared_bytes * s.batch_size)
+               + est.shared_bytes * s.batch_size), 0
 
 
 def _forward_working_set(t: TowerSpec, tokens: int, s: PlanSettings, keeps_hidden_states: bool) -> int:
@@ -149,13 +152,14 @@ def tower_terms(arch: ArchSpec, s: PlanSettings, device: str = "cuda") -> tuple[
     trains = tuple(t.role for t in arch.towers
                    if full or any(f.example in targeted for f in arch.linear_families if f.scope == t.role))
     vision, proj, audio = (tower(arch.towers, r) for r in ("vision", "projector", "audio"))
-    saved = transient = resident = 0
+    saved = transient = resident = recompute = 0
     notes: list[str] = []
     if vision is not None and ip.images:
         v_tokens = b * ip.images * ip.vision_seq_per_image
         resident += _input_bytes(arch, ip, s)
         if "vision" in trains:
-            saved += _stack_saved(arch, vision, s, v_tokens, targeted, device)
+            kept, again = _stack_saved(arch, vision, s, v_tokens, targeted, device)
+            saved, recompute = saved + kept, recompute + again
             notes.append(f"the vision tower trains ({'full fine-tuning' if full else 'adapters on its layers'}): "
                          f"its activations over {ip.vision_seq_per_image} patches per image are saved for backward")
         else:
@@ -168,7 +172,8 @@ def tower_terms(arch: ArchSpec, s: PlanSettings, device: str = "cuda") -> tuple[
         resident += _input_bytes(arch, ip, s)
         resident += a_tokens * audio.hidden_size * _dtypes(s).stream    # encoder output, read by every layer
         if "audio" in trains:
-            saved += _stack_saved(arch, audio, s, a_tokens, targeted, device)
+            kept, again = _stack_saved(arch, audio, s, a_tokens, targeted, device)
+            saved, recompute = saved + kept, recompute + again
             if full:   # conv front-end: conv1 input, gelu/conv2 inputs at 3000 frames, gelu at 1500
                 saved += int(b * ip.mel_frames * (audio.hidden_size * 2 * _dtypes(s).linear_out))
         transient = _forward_working_set(audio, a_tokens, s, keeps_hidden_states=False)
@@ -176,7 +181,7 @@ def tower_terms(arch: ArchSpec, s: PlanSettings, device: str = "cuda") -> tuple[
     if device == "cpu":   # the look-ahead batch of accelerate's DataLoaderShard lives on the same device
         resident += _input_bytes(arch, ip, s)
     lm_seq = s.seq_len + ip.lm_image_tokens
-    return TowerTerms(lm_seq, saved, transient, resident, trains, tuple(notes)), ip
+    return TowerTerms(lm_seq, saved, transient, resident, recompute, trains, tuple(notes)), ip
 
 
 def phase_hooks(terms: TowerTerms) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
@@ -184,6 +189,6 @@ def phase_hooks(terms: TowerTerms) -> tuple[dict[str, int], dict[str, dict[str, 
     if not (terms.saved or terms.forward_transient or terms.resident):
         return {}, {}
     kept = terms.saved + terms.resident
-    return ({"backward_start": kept, "backward_end": kept},
+    return ({"backward_start": kept, "backward_end": kept + terms.recompute},
             {"tower_forward": {"gradients": 0, "activations": terms.resident, "logits_and_loss": 0,
                                "temporaries": terms.forward_transient}})
