@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from .towers import TowerSpec
+
 
 @dataclass(frozen=True)
 class LinearFamily:
@@ -23,7 +25,7 @@ class LinearFamily:
     count: int
     bias: bool
     kind: str = "linear"      # "linear" | "conv1d" (GPT-2, weight stored transposed)
-    scope: str = "decoder"    # "decoder" | "encoder" | "head" | "vision" | "other"
+    scope: str = "decoder"    # "decoder" | "encoder" | "head" | "vision" | "projector" | "audio" | "cross" | "other"
     example: str = ""         # one full module path, for messages
 
     @property
@@ -60,6 +62,7 @@ class ArchSpec:
     num_experts: int = 0
     experts_per_token: int = 0
     extra: dict = field(default_factory=dict)
+    towers: tuple[TowerSpec, ...] = ()   # vision / audio encoders and the projector (lora_doctor.towers)
 
     @property
     def max_positions(self) -> int | None:
@@ -79,6 +82,7 @@ class ArchSpec:
         d = asdict(self)
         d["linear_families"] = [asdict(f) for f in self.linear_families]
         d["default_targets"] = list(self.default_targets)
+        d["towers"] = [t.to_dict() for t in self.towers]
         return d
 
     @classmethod
@@ -87,4 +91,5 @@ class ArchSpec:
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs["linear_families"] = tuple(LinearFamily(**f) for f in data["linear_families"])
         kwargs["default_targets"] = tuple(data.get("default_targets", ()))
+        kwargs["towers"] = tuple(TowerSpec.from_dict(t) for t in data.get("towers", ()))
         return cls(**kwargs)

@@ -7,10 +7,12 @@ parameter on ``meta``; the counts are exact because they come from the real ``tr
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 from .arch import ArchSpec, LinearFamily
 from .errors import UnsupportedModelError
+from .introspect_towers import LOSS_IN_LOGITS_DTYPE, detect_towers, layout_for, text_overrides, tower_scope
 
 # Activation recipe per model_type (see lora_doctor.memory.activations); unknown types use "generic".
 BLOCK_RECIPES: dict[str, str] = {
@@ -23,6 +25,7 @@ BLOCK_RECIPES: dict[str, str] = {
     "bloom": "bloom",
     "falcon": "falcon",
     "bert": "bert",
+    "whisper": "opt",   # the decoder: LayerNorm, plain GELU MLP (cross-attention: lora_doctor.memory.towers)
 }
 
 _LAYER_INDEX = re.compile(r"\.\d+(\.|$)")
@@ -54,7 +57,11 @@ _ENCODER_TYPES = ("bert", "roberta", "deberta", "deberta-v2", "electra", "distil
 
 
 def auto_class_for(config: Any) -> str:
-    """Causal LM for decoder models, masked LM for BERT-style encoders, seq2seq for encoder-decoders."""
+    """Causal LM for decoder models, masked LM for BERT-style encoders, seq2seq for encoder-decoders,
+    image-text-to-text / speech-seq2seq for the multimodal layouts of lora_doctor.towers."""
+    layout = layout_for(config)
+    if layout is not None:
+        return layout.auto_class
     if getattr(config, "is_encoder_decoder", False):
         return "AutoModelForSeq2SeqLM"
     archs = getattr(config, "architectures", None) or []
@@ -72,9 +79,15 @@ def default_lora_targets(model_type: str) -> tuple[str, ...]:
     return tuple(mapping.get(model_type, ()))
 
 
-def _scope(path: str, head_path: str | None, is_encoder_decoder: bool) -> str:
+def _scope(path: str, head_path: str | None, is_encoder_decoder: bool, towers: tuple = ()) -> str:
     if head_path is not None and path == head_path:
         return "head"
+    if towers:
+        role = tower_scope(path, towers)
+        if role is not None:
+            return role
+        if any(tag in path for tag in (".encoder_attn.", ".cross_attn.")):
+            return "cross"   # cross-attention reads the tower's output: lora_doctor.memory.towers
     lowered = path.lower()
     if any(tag in lowered for tag in ("vision", "visual", "image_encoder", "vit.")):
         return "vision"
@@ -95,6 +108,7 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     head_path = next((n for n, m in model.named_modules() if head is not None and m is head), None)
     enc_dec = bool(getattr(config, "is_encoder_decoder", False))
+    towers = detect_towers(model, config)
 
     counted: set[int] = set()
     families: dict[tuple, dict] = {}
@@ -119,7 +133,7 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
                 counted.add(id(p))
             if tied and path == head_path:
                 continue  # tied output head: its weight is the embedding, already counted
-            scope = _scope(path, head_path, enc_dec)
+            scope = _scope(path, head_path, enc_dec, towers)
             key = (path.rsplit(".", 1)[-1], in_f, out_f, module.bias is not None, scope)
             fam = families.setdefault(key, {"count": 0, "example": path,
                                             "kind": "conv1d" if isinstance(module, Conv1D) else "linear"})
@@ -148,7 +162,7 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
     head_dim = int(getattr(text, "head_dim", None) or (hidden // max(num_heads, 1)))
     inter = int(getattr(text, "intermediate_size", None) or getattr(text, "ffn_dim", None)
                 or getattr(text, "n_inner", None) or 4 * hidden)
-    return ArchSpec(
+    spec = ArchSpec(
         model_type=config.model_type,
         architecture=type(model).__name__,
         total_params=int(total),
@@ -169,12 +183,19 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
         vocab_size=int(text.vocab_size),
         tied_embeddings=head is not None and head_path is not None and head_params == 0 and head.weight is not None
         and any(head.weight is m.weight for m in model.modules() if isinstance(m, nn.Embedding)),
-        block=BLOCK_RECIPES.get(config.model_type, "generic"),
+        block=BLOCK_RECIPES.get(config.model_type) or BLOCK_RECIPES.get(getattr(text, "model_type", ""), "generic"),
         default_targets=default_lora_targets(config.model_type),
         num_experts=int(getattr(text, "num_local_experts", 0) or getattr(text, "num_experts", 0) or 0),
         experts_per_token=int(getattr(text, "num_experts_per_tok", 0) or 0),
         extra=_extra_fields(text),
+        towers=towers,
     )
+    overrides = text_overrides(config)
+    if overrides:
+        extra = dict(spec.extra, max_position_embeddings=getattr(config, "max_target_positions", None) or spec.max_positions,
+                     loss_in_logits_dtype=config.model_type in LOSS_IN_LOGITS_DTYPE)
+        spec = replace(spec, **overrides, extra=extra)
+    return spec
 
 
 def _extra_fields(text: Any) -> dict:

@@ -111,7 +111,10 @@ def _base_model(model: Any) -> Any:
 
 def _from_config(config: Any, *, name: str, source: str, fields: dict | None = None) -> ResolvedModel:
     from .introspect import arch_from_model, build_meta_model
+    from .introspect_towers import check_fields
 
+    if fields is not None:
+        check_fields(fields)   # a VLM config without its vision section
     arch = arch_from_model(build_meta_model(config), config)
     if fields is None:
         fields = config.to_diff_dict()

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 from .errors import InvalidSettingError
 from .gpus import GpuSpec, parse_gpu
-from .inputs import make_inputs
+from .inputs import make_inputs, plan_inputs
 from .memory.engine import analytic_plan
 from .memory.targets import FALLBACK_TARGETS, fallback_targets_note
 from .memory.tables import DTYPE_ALIASES, DTYPE_BYTES, OPTIMIZERS
@@ -90,6 +90,7 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
                              **(parallel_options or {}))
     inputs = make_inputs(images_per_sample, image_size, image_tokens, audio_seconds)
     resolved = resolve(model)
+    plan_inputs(resolved.arch, inputs)   # images for a text-only model, audio beyond 30 s: clear errors now
     lora = _lora_defaults(resolved.module, r=r, lora_alpha=lora_alpha, target_modules=target_modules,
                           use_rslora=use_rslora, lora_dropout=lora_dropout)
     settings = make_settings(mode=mode, batch_size=batch_size, seq_len=seq_len, **lora, dtype=dtype,

@@ -32,11 +32,13 @@ def finish_plan(result: MemoryPlan, resolved: ResolvedModel, gpu: GpuSpec | None
     result.max_batch_size = _largest(lambda b: analytic(replace(s, batch_size=b)).device_peak_bytes <= capacity)
     max_pos = resolved.arch.max_positions
     max_pos = max_pos if max_pos and max_pos > 0 else None
-    limit = max_pos or _MAX_SEARCH
+    image_tokens = result.details.get("inputs", {}).get("lm_seq_len", s.seq_len) - s.seq_len   # multimodal
+    limit = max(max_pos - image_tokens, 1) if max_pos else _MAX_SEARCH
     result.max_seq_len = _largest(lambda n: analytic(replace(s, seq_len=n)).device_peak_bytes <= capacity,
                                   limit=limit)
     if max_pos and result.max_seq_len == limit:
-        result.notes.append(f"max seq len is capped at the model's max_position_embeddings ({limit}); more would fit")
+        result.notes.append(f"max seq len is capped at the model's max_position_embeddings ({max_pos}"
+                            f"{f' minus {image_tokens} image tokens' if image_tokens else ''}); more would fit")
     if s.mode != "fp32" and s.dtype == "bf16" and not gpu.bf16:
         result.notes.append(f"{gpu.name} has no bf16 support: load in fp16 (with fp16 mixed precision) or fp32")
     result.recommendation = recommend(result, analytic)

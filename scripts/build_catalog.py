@@ -5,8 +5,8 @@ bytes). Each source file holds one model: its hub id, family, aliases, the confi
 (repository, path, commit, the hub URL it mirrors), its published parameter count with the tolerance that
 number's precision allows, and the config itself. Every text model is built on the meta device from its
 config (no download) and summarized as an ArchSpec; ``"multimodal": true`` entries (vision-language and
-speech models, issue #13) are stored for later and skipped here. tests/test_catalog.py rebuilds entries and
-checks every count against the published one.
+speech models) are built the same way, with the auto class that builds them (their towers in the ArchSpec).
+tests/test_catalog.py rebuilds entries and checks every count against the published one.
 
 ``python scripts/build_catalog.py --check`` builds everything and compares with the committed JSON instead
 of writing it (exit 1 on drift).
@@ -72,9 +72,6 @@ def build(entries: list[dict]) -> tuple[dict, list[str]]:
     out: dict = {"models": {}, "aliases": {}}
     report = []
     for entry in entries:
-        if entry.get("multimodal"):
-            report.append(f"{entry['id']:52s} {'':>16} skipped: multimodal (issue #13)")
-            continue
         built = build_entry(entry)
         out["models"][entry["id"]] = built
         for alias in entry.get("aliases", []):

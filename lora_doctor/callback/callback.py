@@ -141,11 +141,12 @@ class LoraDoctorCallback(TrainerCallback):
         if deepspeed:
             self._record([DEEPSPEED_LIMITS])
         self._first_batch_hook = FirstBatchHook(
-            lambda batch, seq: self._before_first_step(model, args, processing_class, batch, seq))
+            lambda batch, seq, inputs=None: self._before_first_step(model, args, processing_class, batch, seq, inputs))
         self._first_batch_hook.attach(model)
 
-    def _before_first_step(self, model: Any, args: Any, tokenizer: Any, batch: int | None, seq: int | None) -> None:
-        self._preflight(model, args, tokenizer, batch, seq)
+    def _before_first_step(self, model: Any, args: Any, tokenizer: Any, batch: int | None, seq: int | None,
+                           inputs: dict | None = None) -> None:
+        self._preflight(model, args, tokenizer, batch, seq, inputs)
         if self.auto_fallback and self.report is not None:   # WontFitError stops the run here, on purpose
             try:
                 found = apply_fallback(model, self.report)
@@ -167,9 +168,11 @@ class LoraDoctorCallback(TrainerCallback):
                 self._checked("console", self._flush)
 
     @_guarded
-    def _preflight(self, model: Any, args: Any, tokenizer: Any, batch: int | None, seq: int | None) -> None:
+    def _preflight(self, model: Any, args: Any, tokenizer: Any, batch: int | None, seq: int | None,
+                   inputs: dict | None = None) -> None:
         self.report = run_preflight(model, args, tokenizer, self.monitor.adapters if self.monitor else [],
-                                    batch=batch, seq_len=seq, gpu=self.gpu, use_library=self.run_preflight)
+                                    batch=batch, seq_len=seq, gpu=self.gpu, use_library=self.run_preflight,
+                                    inputs=inputs)
         self.findings += self.report.findings
         if self._main:
             self._checked("console", self.console.preflight, self.report)

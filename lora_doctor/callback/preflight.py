@@ -109,6 +109,9 @@ def _failed(code: str, what: str, exc: BaseException) -> Finding:
                    {"error": repr(exc)})
 
 
+INPUT_KEYS = ("images_per_sample", "image_size", "image_tokens", "audio_seconds")
+
+
 def run_plan(model: Any, settings: dict, gpu: Any, trainer: Any = None) -> tuple[Any, list[Finding]]:
     """Plan ``trainer`` like :func:`lora_doctor.plan_trainer` (else ``model`` at ``settings``)."""
     from ..planner import plan
@@ -116,7 +119,8 @@ def run_plan(model: Any, settings: dict, gpu: Any, trainer: Any = None) -> tuple
 
     try:
         if trainer is not None:
-            result = plan_trainer(trainer, gpu=gpu, fallback_seq_len=settings.get("seq_len"))
+            result = plan_trainer(trainer, gpu=gpu, fallback_seq_len=settings.get("seq_len"),
+                                  inputs={k: settings[k] for k in INPUT_KEYS if k in settings})
             settings.update(batch_size=result.settings.batch_size, seq_len=result.details["batch"]["seq_len"],
                             trainer=result.details["batch"]["trainer"])
         else:
@@ -167,10 +171,13 @@ def _local_gpu(gpu: Any) -> Any:
 
 
 def run_preflight(model: Any, args: Any, tokenizer: Any, adapters: list[Adapter], *,
-                  batch: int | None, seq_len: int | None, gpu: Any = None, use_library: bool = True) -> PreflightReport:
-    """Summary, plan and findings for the panel. Never raises for a missing planner or doctor."""
+                  batch: int | None, seq_len: int | None, gpu: Any = None, use_library: bool = True,
+                  inputs: dict | None = None) -> PreflightReport:
+    """Summary, plan and findings for the panel. Never raises for a missing planner or doctor.
+
+    ``inputs``: images / audio read from the first batch (callback.probes.batch_inputs)."""
     summary = summarize(model, adapters)
-    settings = plan_settings(model, args, summary, batch, seq_len)
+    settings = dict(plan_settings(model, args, summary, batch, seq_len), **(inputs or {}))
     findings = init_findings(adapters) if adapters else []
     plan = None
     gpu_spec = _local_gpu(gpu)

@@ -213,10 +213,55 @@ def batch_shape(args: tuple, kwargs: dict) -> tuple[int, int] | None:
     return None
 
 
-class FirstBatchHook:
-    """Calls ``fn(batch, seq_len)`` once, just before the first training forward pass."""
+_IMAGE_TOKEN_KEYS = ("image_token_id", "image_token_index")
 
-    def __init__(self, fn: Callable[[int | None, int | None], None]) -> None:
+
+def batch_inputs(module: Any, kwargs: dict) -> dict:
+    """Image / audio settings for ``lora_doctor.plan`` read from a multimodal batch, and the text length.
+
+    ``pixel_values`` (LLaVA, Gemma-3: one (3, H, W) image per row; Qwen2-VL: flattened patches with
+    ``image_grid_thw`` rows per image) give the images per sample and their size; the image tokens the
+    processor put into ``input_ids`` give the tokens per image, so the plan's ``seq_len`` is the text
+    alone. ``input_features`` (Whisper) give 30-second windows; the decoder ids give the length.
+    """
+    out: dict[str, Any] = {}
+    ids, pixels = kwargs.get("input_ids"), kwargs.get("pixel_values")
+    if isinstance(kwargs.get("input_features"), torch.Tensor):
+        labels = kwargs.get("decoder_input_ids", kwargs.get("labels"))
+        out["audio_seconds"] = 30.0
+        if isinstance(labels, torch.Tensor) and labels.dim() >= 2:
+            out["seq_len"], out["batch_size"] = int(labels.shape[1]), int(labels.shape[0])
+        return out
+    if not isinstance(pixels, torch.Tensor) or not isinstance(ids, torch.Tensor) or ids.dim() < 2:
+        return out
+    config = getattr(getattr(module, "get_base_model", lambda: module)(), "config", None)
+    token = next((getattr(config, k) for k in _IMAGE_TOKEN_KEYS if getattr(config, k, None) is not None), None)
+    grid = kwargs.get("image_grid_thw")
+    if isinstance(grid, torch.Tensor) and grid.dim() == 2:
+        images = int(grid.shape[0])
+        patch = int(getattr(getattr(config, "vision_config", None), "patch_size", 14) or 14)
+        largest = grid[int((grid[:, 1] * grid[:, 2]).argmax())]
+        out["image_size"] = (int(largest[1]) * patch, int(largest[2]) * patch)
+    elif pixels.dim() == 4:
+        images = int(pixels.shape[0])
+        out["image_size"] = (int(pixels.shape[-2]), int(pixels.shape[-1]))
+    else:
+        return out
+    b = int(ids.shape[0])
+    out["images_per_sample"] = max(images // max(b, 1), 1)
+    if token is not None:
+        per_sample = int((ids == token).sum()) // max(b, 1)
+        out["image_tokens"] = max(per_sample // out["images_per_sample"], 1)
+        out["seq_len"] = max(int(ids.shape[1]) - per_sample, 1)
+    return out
+
+
+class FirstBatchHook:
+    """Calls ``fn(batch, seq_len, inputs)`` once, just before the first training forward pass.
+
+    ``inputs`` are the multimodal plan settings of :func:`batch_inputs` (empty for text)."""
+
+    def __init__(self, fn: Callable[..., None]) -> None:
         self._fn = fn
         self._handle: Any = None
 
@@ -228,7 +273,11 @@ class FirstBatchHook:
             return None
         self.detach()
         shape = batch_shape(args, kwargs)
-        self._fn(*(shape or (None, None)))
+        inputs = batch_inputs(module, kwargs)
+        batch, seq = shape or (inputs.pop("batch_size", None), None)
+        inputs.pop("batch_size", None)
+        seq = inputs.pop("seq_len", seq)
+        self._fn(batch, seq, inputs)
         return None
 
     def detach(self) -> None:

@@ -6,14 +6,17 @@ import argparse
 import sys
 
 from ..strict_json import dumps
+from ..placement import PART_NAMES, language_model_regex, part_name, placement
 
 EPILOG = """\
 examples:
   lora-doctor modules meta-llama/Llama-3.1-8B
   lora-doctor modules gpt2 --json
+  lora-doctor modules Qwen/Qwen2.5-VL-7B-Instruct      (towers listed separately)
 """
 
 _SUGGESTED_SCOPES = ("blocks", "decoder", "encoder")
+_SCOPE_ORDER = ("blocks", "decoder", "encoder", "cross", "vision", "projector", "audio", "head", "other")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,14 +37,24 @@ def describe(model: object) -> dict:
     arch = resolved.arch
     families = [{"name": f.name, "type": f.kind, "shape": [f.in_features, f.out_features], "count": f.count,
                  "scope": f.scope, "example": f.example} for f in arch.linear_families]
-    suggested = list(dict.fromkeys(f.name for f in arch.linear_families if f.scope in _SUGGESTED_SCOPES))
+    suggested: list[str] | str = list(dict.fromkeys(f.name for f in arch.linear_families if f.scope in _SUGGESTED_SCOPES))
+    anchored = language_model_regex(arch, suggested)   # bare names would also reach a vision tower
+    if anchored is not None:
+        suggested = anchored
+    order = {scope: i for i, scope in enumerate(_SCOPE_ORDER)}
+    families.sort(key=lambda f: order.get(f["scope"], len(order)))
     experts: list[str] = []
     if arch.expert_params:
         from ..doctor.inventory import gather
 
         inv = gather(resolved.module if resolved.module is not None else resolved.meta_model())
         experts = sorted({".".join(n.split(".")[-3:]) for n, _ in inv.expert_params})
-    return {"model": resolved.name, "model_type": arch.model_type, "families": families,
+    towers = [{"role": t.role, "path": t.path, "params": t.params, "layers": t.num_layers,
+               "hidden_size": t.hidden_size, "patch_size": t.patch_size, "image_size": t.image_size,
+               "tokens_per_image": t.tokens_per_image} for t in arch.towers]
+    return {"model": resolved.name, "model_type": arch.model_type, "families": families, "towers": towers,
+            "all_linear_reaches": {part_name(arch, k): n for k, n in placement(arch, "all-linear").items()}
+            if arch.towers else {},
             "peft_default_targets": list(arch.default_targets), "suggested_target_modules": suggested,
             "suggested_target_parameters": experts}
 
@@ -69,6 +82,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"{info['model']} ({info['model_type']})")
         for row in [header] + rows:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    for t in info["towers"]:
+        shape = f", {t['layers']} layers, hidden {t['hidden_size']}" if t["layers"] else ""
+        print(f"{PART_NAMES[t['role']]}: {t['path']} ({t['params'] / 1e6:,.1f}M params{shape})")
+    if info["all_linear_reaches"]:
+        reach = ", ".join(f"{k} {n}" for k, n in info["all_linear_reaches"].items())
+        print(f"'all-linear' (peft) wraps: {reach} linear layers")
     print(f"suggested target_modules: {info['suggested_target_modules']}")
     print(f"peft default target_modules: {info['peft_default_targets'] or 'none (you must pass target_modules)'}")
     if info["suggested_target_parameters"]:

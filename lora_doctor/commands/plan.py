@@ -41,6 +41,8 @@ examples:
   lora-doctor plan meta-llama/Llama-3.1-8B --trainer sft --mode lora --seq-len 1024 --packing --gpu 24GB
   lora-doctor plan Qwen/Qwen2.5-7B --trainer grpo --seq-len 256 --max-completion-length 1024 --num-generations 8
   lora-doctor plan --config sft.yaml --gpu 24GB     (the YAML `trl sft --config` takes; --trainer dpo|grpo)
+  lora-doctor plan Qwen/Qwen2.5-VL-7B-Instruct --images 1 --image-size 1024x768 --gpu 24GB
+  lora-doctor plan openai/whisper-large-v3 --mode lora --target-modules q_proj,v_proj --seq-len 448 --gpu 24GB
 
 Several GPUs: memory is per GPU. --gpu 8xH100 / 2x24GB sets the count (or --num-gpus); --strategy is
 ddp (default), fsdp (FULL_SHARD), fsdp_grad_op (SHARD_GRAD_OP), zero1, zero2 or zero3; --offload
@@ -96,6 +98,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--offload", choices=OFFLOADS, help="ZeRO-Offload / FSDP CPU offload: optimizer or all")
     p.add_argument("--deepspeed", metavar="DS_CONFIG_JSON", help="read stage, offload and buckets from a DeepSpeed config")
     p.add_argument("--accelerate-config", metavar="CONFIG_YAML", help="read processes, FSDP / DeepSpeed from accelerate's config")
+    p.add_argument("--images", type=int, default=0, help="images per sample (vision-language models)")
+    p.add_argument("--image-size", help="image size WIDTHxHEIGHT before the processor resizes, e.g. 1024x768")
+    p.add_argument("--image-tokens", type=int, help="language-model tokens per image, when you know the count")
+    p.add_argument("--audio-seconds", type=float, help="audio per sample (Whisper: padded to 30 s windows)")
     p.add_argument("--trace", action="store_true", help="run the real model code on fake tensors (slower)")
     p.add_argument("--json", action="store_true", help="print every term in bytes as JSON")
     p.set_defaults(run=run)
@@ -122,6 +128,7 @@ def _trainer_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..inputs import parse_image_size
     from ..planner import plan
 
     if args.config:
@@ -131,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     options = _trainer_options(args)
     if args.no_fused_lm_head:
         options["fused_lm_head"] = False
+    size = parse_image_size(args.image_size) if args.image_size else None
     modes = [args.mode] if args.mode else ["full", "lora", "qlora"]
     parallel = parallel_kwargs(args)
     batch = 1 if args.batch_size is None else args.batch_size
@@ -141,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
                   gradient_checkpointing=args.gradient_checkpointing, attn_implementation=args.attn,
                   quant_type=args.quant_type, double_quant=not args.no_double_quant,
                   engine="trace" if args.trace else "analytic", trainer=args.trainer or "hf", **options,
-                  **parallel)
+                  images_per_sample=args.images, image_size=size, image_tokens=args.image_tokens,
+                  audio_seconds=args.audio_seconds, **parallel)
              for m in modes]
     return _report(args, plans)
 

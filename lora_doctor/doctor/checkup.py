@@ -19,6 +19,7 @@ from .dtypes import check_adapter_dtypes, check_fp16_trainable, check_quantizati
 from .init import check_init_setting, check_init_tensors
 from .inventory import LINEAR_KINDS, ModuleInventory, gather
 from .matching import TargetMatch, family_names, match_targets
+from .multimodal import check_projector_new_tokens
 from .report import DoctorReport
 from .scaling import check_capacity, check_scale, scale_summary
 from .settings import LoraSettings, QuantSettings, TrainingSettings
@@ -173,8 +174,9 @@ def diagnose(model: Any, lora_config: Any = None, *, training_args: Any = None, 
     if tokenizer is not None:
         rows = next((m.in_features for m in inv.modules if m.name == inv.input_embedding), resolved.arch.vocab_size)
         emb_names = [m.name.rsplit(".", 1)[-1] for m in inv.modules if m.scope in ("embedding", "head")]
-        findings += check_tokenizer(TokenizerFacts.from_tokenizer(tokenizer), settings, rows, emb_names,
-                                    masks_padding_by_length(data_collator))
+        tok_facts = TokenizerFacts.from_tokenizer(tokenizer)
+        findings += check_tokenizer(tok_facts, settings, rows, emb_names, masks_padding_by_length(data_collator))
+        findings += check_projector_new_tokens(tok_facts, settings, inv, match)
     if dry_run:
         findings += run_dry(resolved, settings, training, dry_run_max_params)
     return DoctorReport(resolved.name, findings, _summary(settings, inv, match))

@@ -17,6 +17,9 @@ SUPPORTED_KINDS = frozenset({"linear", "conv1d", "embedding", "conv", "mha"})
 LINEAR_KINDS = frozenset({"linear", "conv1d"})
 _ADAPTER_PART = re.compile(r"\.(lora_[A-Za-z_]+|lora_magnitude_vector|modules_to_save|original_module|base_layer)(\.|$)")
 _VISION_TAGS = ("vision", "visual", "image_encoder", "vit.")
+# Projectors from the vision tower into the language model (checked before the vision tags: Qwen2-VL's
+# merger sits inside ``visual``).
+_PROJECTOR_TAGS = ("multi_modal_projector", "mm_projector", "visual.merger", ".connector")
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class ModuleEntry:
     type_name: str
     in_features: int = 0
     out_features: int = 0
-    scope: str = "other"       # blocks | encoder | decoder | head | embedding | vision | other
+    scope: str = "other"       # blocks | encoder | decoder | head | embedding | vision | projector | other
     quantized: bool = False
 
 
@@ -70,6 +73,8 @@ def scope_of(path: str, kind: str, head_path: str | None, encoder_decoder: bool)
     lowered = path.lower()
     if head_path is not None and path == head_path:
         return "head"
+    if any(tag in lowered for tag in _PROJECTOR_TAGS):
+        return "projector"
     if any(tag in lowered for tag in _VISION_TAGS):
         return "vision"
     if kind == "embedding":

@@ -65,6 +65,8 @@ _CODES: tuple[CheckCode, ...] = (
     CheckCode("pad-missing", (_W,), "tokenizer", "tokenizer has no pad token"),
     CheckCode("vocab-exceeds-embeddings", (_E,), "tokenizer", "more tokens than embedding rows"),
     CheckCode("new-tokens-not-trained", (_W,), "tokenizer", "added tokens without modules_to_save / trainable_token_indices"),
+    # multimodal.py
+    CheckCode("projector-frozen-new-tokens", (_W,), "multimodal", "tokens added to a vision-language model with its projector frozen"),
     # dry_run.py
     CheckCode("dry-run-passed", (_I,), "dry-run", "every trainable parameter got a finite gradient"),
     CheckCode("dry-run-no-grad", (_E,), "dry-run", "trainable parameters got no gradient"),

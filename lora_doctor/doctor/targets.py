@@ -93,6 +93,11 @@ def check_unsupported(s: LoraSettings, inv: ModuleInventory, m: TargetMatch) -> 
                     fix, modules=[b.name for b in bad], types=types)]
 
 
+def _names_vision(target_modules: object) -> bool:
+    """A regex that names the vision tower itself: adapting it is what the user meant."""
+    return isinstance(target_modules, str) and any(t in target_modules.lower() for t in ("vision", "visual"))
+
+
 def check_unusual(s: LoraSettings, inv: ModuleInventory, m: TargetMatch) -> list[Finding]:
     by_name = inv.by_name()
     scopes = {by_name[n].scope for n in m.matched}
@@ -114,7 +119,7 @@ def check_unusual(s: LoraSettings, inv: ModuleInventory, m: TargetMatch) -> list
                            "embeddings is rarely meant and cannot learn rows for new tokens well.",
                            "Remove them from target_modules; to train new tokens use trainable_token_indices or "
                            "modules_to_save.", modules=hit("embedding")))
-    if "vision" in scopes:
+    if "vision" in scopes and not _names_vision(s.target_modules):
         out.append(finding("target-vision-tower", f"{len(hit('vision'))} layer(s) of the vision tower are adapted "
                            f"({_some(hit('vision'))}), usually by a bare name or 'all-linear' meant for the language model.",
                            "Anchor the targets to the language model with a regex, e.g. "

@@ -42,9 +42,13 @@ class _RandomTokens(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
-def build_model(config: Any, settings: PlanSettings, workdir: str) -> Any:
+def build_model(config: Any, settings: PlanSettings, workdir: str, auto_class: str = "AutoModelForCausalLM",
+                task_type: str | None = "CAUSAL_LM") -> Any:
     """The model as a user would have it before ``Trainer``: loaded, wrapped by peft when LoRA/QLoRA."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    import transformers
+    from transformers import BitsAndBytesConfig
+
+    AutoModelForCausalLM = getattr(transformers, auto_class)  # noqa: N806 (multimodal: lora_doctor.measure.multimodal)
 
     torch.manual_seed(0)
     dtype = torch_dtype(settings.dtype)
@@ -68,17 +72,23 @@ def build_model(config: Any, settings: PlanSettings, workdir: str) -> Any:
         targets = settings.target_modules
         lora = LoraConfig(r=settings.r, lora_alpha=settings.lora_alpha, target_modules=targets,
                           use_rslora=settings.use_rslora, lora_dropout=settings.lora_dropout,
-                          task_type="CAUSAL_LM")
+                          task_type=task_type)
         model = get_peft_model(model, lora)
     return model
 
 
-def measure_training(config: Any, settings: PlanSettings, *, steps: int = 2) -> MeasuredRun:
-    """Build the model, run ``steps`` Trainer steps under a StorageTracker and return the peak."""
+def measure_training(config: Any, settings: PlanSettings, *, steps: int = 2, dataset: Any = None,
+                     auto_class: str = "AutoModelForCausalLM", task_type: str | None = "CAUSAL_LM",
+                     collator: Any = None) -> MeasuredRun:
+    """Build the model, run ``steps`` Trainer steps under a StorageTracker and return the peak.
+
+    ``dataset`` and ``collator`` replace the random-token dataset (multimodal samples with pixel values
+    or audio features: lora_doctor.measure.multimodal); ``auto_class`` / ``task_type`` pick the model class.
+    """
     from transformers import Trainer, TrainingArguments, TrainerCallback
 
     with tempfile.TemporaryDirectory() as workdir:
-        model = build_model(config, settings, workdir)
+        model = build_model(config, settings, workdir, auto_class, task_type)
         args = TrainingArguments(
             output_dir=workdir, per_device_train_batch_size=settings.batch_size, max_steps=steps,
             optim=settings.optim, learning_rate=1e-4, gradient_checkpointing=settings.gradient_checkpointing,
@@ -86,7 +96,8 @@ def measure_training(config: Any, settings: PlanSettings, *, steps: int = 2) -> 
             use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no", disable_tqdm=True,
             dataloader_num_workers=0, remove_unused_columns=False, seed=0,
         )
-        data = _RandomTokens(config.vocab_size, settings.seq_len, settings.batch_size * steps)
+        data = dataset if dataset is not None else _RandomTokens(config.vocab_size, settings.seq_len,
+                                                                 settings.batch_size * steps)
         tracker = StorageTracker()
         losses: list[float] = []
 
@@ -106,7 +117,7 @@ def measure_training(config: Any, settings: PlanSettings, *, steps: int = 2) -> 
             if loss is not None:
                 losses.append(float(loss.detach().float()))
 
-        trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[_Phases()])
+        trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[_Phases()], data_collator=collator)
         model.register_forward_hook(after_forward)
         tracker.register(model.parameters(), "weights")
         tracker.register(model.buffers(), "weights")

@@ -14,7 +14,8 @@ reported is the one of the phase with the highest total.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Mapping
 
 from ..arch import ArchSpec
 from ..plan_types import PlanSettings
@@ -85,6 +86,9 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda") -> Phase
     logit_bytes = dt.autocast or (4 if s.mode == "qlora" else DTYPE_BYTES[s.dtype])
     loss_fwd = T * V * (logit_bytes + 8 if logit_bytes != 4 else 8)
     loss_bwd = max(T * V * 12, T * V * (4 + logit_bytes) + pers.head_gradient)
+    if arch.extra.get("loss_in_logits_dtype"):  # Whisper: CrossEntropyLoss on the logits as they are, no fp32 copy
+        loss_fwd = 2 * T * V * logit_bytes                           # logits + log-softmax
+        loss_bwd = max(3 * T * V * logit_bytes, 2 * T * V * logit_bytes + pers.head_gradient)  # + the gradients
     if arch.extra.get("final_logit_softcapping"):  # Gemma-2: tanh(logits / cap) * cap keeps the tanh output
         loss_fwd += T * V * logit_bytes
         loss_bwd += T * V * logit_bytes
@@ -108,3 +112,28 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda") -> Phase
     notes = list(pers.notes)
     return PhaseTotals(phases_bd[phase], phase, totals, pers.trainable_params, tuple(notes),
                        tuple(sorted({f.name for f in targeted})), int(loss_peak), phases_bd)
+
+
+PERSISTENT_TERMS = ("weights", "quantization_state", "adapters", "optimizer_states")
+
+
+def with_extra_terms(totals: PhaseTotals, extra_activations: Mapping[str, int] | None = None,
+                     extra_phases: Mapping[str, Mapping[str, int]] | None = None) -> PhaseTotals:
+    """``totals`` with activations added to some phases and whole phases added, the peak re-picked.
+
+    The hook other parts of the model add through, whatever trainer made ``totals`` (multimodal
+    towers: :mod:`lora_doctor.memory.towers`). An added phase holds the persistent terms of the step.
+    """
+    if not extra_activations and not extra_phases:
+        return totals
+    phases_bd = {name: dict(bd) for name, bd in (totals.breakdowns or {totals.phase: totals.breakdown}).items()}
+    ref = phases_bd.get("backward_start") or next(iter(phases_bd.values()))
+    base = {term: ref.get(term, 0) for term in PERSISTENT_TERMS}
+    for name, extra in (extra_activations or {}).items():
+        if name in phases_bd:
+            phases_bd[name]["activations"] = phases_bd[name].get("activations", 0) + int(extra)
+    for name, terms in (extra_phases or {}).items():
+        phases_bd[name] = dict(base, **{k: int(v) for k, v in terms.items()})
+    sums = {name: sum(bd.values()) for name, bd in phases_bd.items()}
+    phase = max(sums, key=sums.__getitem__)
+    return replace(totals, breakdown=phases_bd[phase], phase=phase, phases=sums, breakdowns=phases_bd)

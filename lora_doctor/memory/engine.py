@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ..inputs import InputPlan
 from ..models import ResolvedModel
+from ..placement import placement_note
 from ..plan_types import TENSOR_TERMS, MemoryPlan, PlanSettings
 from .activations import RECIPES
-from .analytic import PhaseTotals, step_peak
+from .analytic import PhaseTotals, with_extra_terms
 from .persistent import persistent_terms
 from .targets import targeted_families
 from .workload import device_reserves, workload_peak
 from .overhead import device_terms
+from .towers import TowerTerms, phase_hooks, tower_terms
 
 
 def lora_scale(s: PlanSettings) -> float | None:
@@ -28,28 +31,35 @@ def lora_scale(s: PlanSettings) -> float | None:
 
 def analytic_plan(resolved: ResolvedModel, s: PlanSettings, device: str = "cuda") -> MemoryPlan:
     """Closed-form peak of one training step of ``resolved`` under ``s`` (no verdict)."""
-    totals = workload_peak(resolved.arch, s, device=device)
+    towers, inputs = tower_terms(resolved.arch, s, device)
+    added, extra = phase_hooks(towers)
+    lm = replace(s, seq_len=towers.lm_seq_len) if towers.lm_seq_len != s.seq_len else s
+    totals = with_extra_terms(workload_peak(resolved.arch, lm, device=device), added, extra)
     host_bytes, parallel_notes = None, ()
     if s.parallel.strategy is not None:  # several GPUs: what one of them holds (lora_doctor.parallel)
-        totals, host_bytes, parallel_notes = _per_gpu(resolved, s, totals, device)
+        totals, host_bytes, parallel_notes = _per_gpu(resolved, lm, totals, device)
     peak = sum(totals.breakdown.values())
     reserves, reserve_notes = device_reserves(s)
     overhead = device_terms(peak, totals.loss_bytes, reserves.get("vllm_reserve", 0))
     breakdown = dict({term: 0 for term in TENSOR_TERMS}, **totals.breakdown, **overhead)
-    notes = list(totals.notes) + list(parallel_notes) + reserve_notes
+    notes = list(totals.notes) + list(parallel_notes) + reserve_notes + list(inputs.notes) + list(towers.notes)
+    where = placement_note(resolved.arch, s.target_modules) if s.mode != "full" else None
+    if where:
+        notes.append(where)
     recipe = RECIPES.get(resolved.arch.block, RECIPES["generic"])
     if s.attn_implementation == "sdpa" and not recipe.sdpa:
         notes.append(f"{resolved.arch.model_type} has no SDPA attention in transformers: planned with eager "
                      "attention (heads x seq x seq scores per layer); flash_attention_2 on a GPU avoids that")
     max_pos = resolved.arch.max_positions
-    if max_pos and s.seq_len > max_pos:
-        notes.append(f"seq_len {s.seq_len} exceeds the model's max_position_embeddings ({max_pos})")
+    if max_pos and towers.lm_seq_len > max_pos:
+        notes.append(f"sequence length {towers.lm_seq_len} exceeds the model's max_position_embeddings ({max_pos})")
     return MemoryPlan(
         model=resolved.name, settings=s, breakdown=breakdown, peak_bytes=int(peak),
         device_peak_bytes=int(peak + sum(overhead.values())), total_params=resolved.arch.total_params,
         trainable_params=totals.trainable_params, engine="analytic", peak_phase=totals.phase,
         lora_scale=lora_scale(s), targets=list(totals.targets), notes=notes,
-        details={"phases": totals.phases, **({"breakdowns": totals.breakdowns} if parallel_notes else {})},
+        details={"phases": totals.phases, **({"breakdowns": totals.breakdowns} if parallel_notes else {}),
+                 **({"inputs": _inputs_detail(inputs, towers)} if resolved.arch.towers else {})},
         host_peak_bytes=host_bytes,
     )
 
@@ -71,3 +81,11 @@ def _per_gpu(resolved: ResolvedModel, s: PlanSettings, totals: PhaseTotals,
         host = split.host_bytes_per_rank * int(s.parallel.option("gpus_per_node", min(s.parallel.num_gpus, 8)))
     return (replace(totals, breakdown=split.phases[phase], phase=phase, phases=sums, breakdowns=split.phases),
             host, split.notes)
+
+
+def _inputs_detail(inputs: InputPlan, towers: TowerTerms) -> dict:
+    """What the plan assumed about images / audio (JSON-friendly)."""
+    return {"lm_seq_len": towers.lm_seq_len, "images_per_sample": inputs.images,
+            "lm_tokens_per_image": inputs.lm_tokens_per_image, "vision_seq_per_image": inputs.vision_seq_per_image,
+            "planned_image_size": list(inputs.planned_size) if inputs.planned_size else None,
+            "audio_frames": inputs.audio_frames, "towers_training": list(towers.trains)}

@@ -25,6 +25,11 @@ def trace_plan(resolved: ResolvedModel, settings: PlanSettings, *, device: str =
     ``"cpu"`` (per-tensor), to compare against a CPU measurement. The verdict is added above the
     engines, by :func:`lora_doctor.verdict.finish_plan`.
     """
+    if resolved.arch.towers:   # vision-language / speech models: see docs/multimodal.md
+        plan = analytic_plan(resolved, settings, device)
+        plan.notes.insert(0, "the trace engine does not run multimodal models (their image-token checks read "
+                             "tensor values, which fake tensors do not have); showing the analytic estimate")
+        return plan
     try:
         result = trace_step(resolved, settings, foreach=device == "cuda")
     except Exception as exc:  # any failure inside third-party model code: fall back, say why

@@ -44,14 +44,15 @@ def _parallel_kwargs(args: Any) -> dict:
 
 
 def plan_trainer(trainer: Any, *, gpu: Any = None, engine: str = "analytic", batch: WorstBatch | None = None,
-                 fallback_seq_len: int | None = None) -> MemoryPlan:
+                 fallback_seq_len: int | None = None, inputs: dict | None = None) -> MemoryPlan:
     """Predict the peak memory of ``trainer``'s steps at the worst batch its dataset allows.
 
     Args:
         trainer: a constructed ``transformers.Trainer`` or TRL ``SFTTrainer``/``DPOTrainer``/``GRPOTrainer``.
         gpu: as for :func:`lora_doctor.plan` (None: no verdict).
         engine: ``"analytic"`` or ``"trace"``.
-        batch, fallback_seq_len: internal (the callback passes what it already knows).
+        batch, fallback_seq_len, inputs: internal (the callback passes what it already knows: the first
+            batch's text length and its images / audio as ``plan()``'s input arguments).
 
     The plan's first note says which batch was planned and why.
     """
@@ -63,14 +64,20 @@ def plan_trainer(trainer: Any, *, gpu: Any = None, engine: str = "analytic", bat
     kind = trainer_kind(trainer)
     batch = batch or worst_batch(trainer, kind)
     seq_len, why = batch.seq_len, batch.why
+    inputs = dict(inputs or {})
     if seq_len is None:
         seq_len = fallback_seq_len or 512
         why += f"; planned at seq_len {seq_len}" + (" (the first batch)" if fallback_seq_len else " (a guess)")
+    elif inputs.get("images_per_sample") and inputs.get("image_tokens"):
+        # a VLM row's input_ids hold the image tokens; the plan adds them back from the images
+        image_tokens = inputs["images_per_sample"] * inputs["image_tokens"]
+        seq_len = max(seq_len - image_tokens, 1)
+        why += f"; {seq_len} text tokens after the {image_tokens} image tokens, which the images add back"
     settings = plan_settings(model, args, summarize(model), None, seq_len)
     device = settings.pop("device", "cuda")
     options = trainer_options(args, kind) if kind != "hf" else {}
     result = plan(model, gpu=gpu, engine=engine, device=device, trainer=kind, **settings, **options,
-                  **_parallel_kwargs(args))
+                  **_parallel_kwargs(args), **inputs)
     per_device = getattr(args, "per_device_train_batch_size", 1)
     accumulation = getattr(args, "gradient_accumulation_steps", 1)
     result.notes.insert(0, f"planned batch: {per_device} x {seq_len} tokens per micro-step "

@@ -1,0 +1,136 @@
+"""Multimodal validation cases: tiny LLaVA, Qwen2-VL and Whisper built from configs, with random
+pixel values / audio features shaped as their processors return them (``benchmarks/multimodal_accuracy.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..plan_types import InputSettings, PlanSettings
+
+IMAGE_TOKEN = 4000
+
+MM_CONFIGS: dict[str, dict[str, Any]] = {
+    "llava": dict(
+        model_type="llava", image_token_index=IMAGE_TOKEN, image_seq_length=256, projector_hidden_act="gelu",
+        text_config=dict(model_type="llama", hidden_size=128, intermediate_size=344, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, vocab_size=4096, max_position_embeddings=2048),
+        vision_config=dict(model_type="clip_vision_model", hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                           num_attention_heads=4, image_size=224, patch_size=14, projection_dim=64),
+    ),
+    "qwen2_vl": dict(
+        model_type="qwen2_vl", image_token_id=IMAGE_TOKEN, video_token_id=IMAGE_TOKEN + 1,
+        vision_start_token_id=IMAGE_TOKEN + 2, vision_end_token_id=IMAGE_TOKEN + 3,
+        text_config=dict(model_type="qwen2_vl_text", hidden_size=128, intermediate_size=352, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=4096, max_position_embeddings=4096,
+                         rope_parameters={"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 10000.0}),
+        vision_config=dict(model_type="qwen2_vl", embed_dim=64, depth=2, num_heads=4, mlp_ratio=4, hidden_size=128,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+    ),
+    "whisper": dict(model_type="whisper", d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                    decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256, vocab_size=4096,
+                    num_mel_bins=80, max_source_positions=1500, max_target_positions=448,
+                    decoder_start_token_id=1, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                    begin_suppress_tokens=None, suppress_tokens=None),
+}
+AUTO_CLASSES = {"llava": "AutoModelForImageTextToText", "qwen2_vl": "AutoModelForImageTextToText",
+                "whisper": "AutoModelForSpeechSeq2Seq"}
+
+
+@dataclass(frozen=True)
+class MMCase:
+    name: str
+    model: str
+    settings: PlanSettings = field(default_factory=PlanSettings)
+
+
+def _s(images: int = 0, size: tuple[int, int] | None = None, **kw: Any) -> PlanSettings:
+    return PlanSettings(inputs=InputSettings(images, size), **kw)
+
+
+LM_ONLY = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+QV = ["q_proj", "v_proj"]
+MM_CASES: tuple[MMCase, ...] = (
+    MMCase("llava lora lm-only bf16 1 img", "llava", _s(1, target_modules=LM_ONLY, seq_len=128, batch_size=2)),
+    MMCase("llava lora all-linear bf16 1 img", "llava", _s(1, target_modules="all-linear", seq_len=128, batch_size=2)),
+    MMCase("llava lora q,v (hits CLIP) fp32 2 img", "llava", _s(2, target_modules=QV, dtype="fp32", seq_len=128, batch_size=1)),
+    MMCase("llava lora all-linear bf16 +gc", "llava", _s(1, target_modules="all-linear", seq_len=128, batch_size=2, gradient_checkpointing=True)),
+    MMCase("llava full fp32 1 img", "llava", _s(1, mode="full", dtype="fp32", seq_len=128, batch_size=2)),
+    MMCase("qwen2-vl lora lm-only bf16 448x448", "qwen2_vl", _s(1, (448, 448), target_modules=LM_ONLY, seq_len=128, batch_size=2)),
+    MMCase("qwen2-vl lora all-linear bf16 448x336", "qwen2_vl", _s(1, (336, 448), target_modules="all-linear", seq_len=128, batch_size=2)),
+    MMCase("qwen2-vl lora all-linear bf16 +gc", "qwen2_vl", _s(1, (448, 448), target_modules="all-linear", seq_len=128, batch_size=2, gradient_checkpointing=True)),
+    MMCase("qwen2-vl full fp32 448x448", "qwen2_vl", _s(1, (448, 448), mode="full", dtype="fp32", seq_len=128, batch_size=1)),
+    MMCase("whisper lora q,v bf16", "whisper", _s(target_modules=QV, seq_len=128, batch_size=2)),
+    MMCase("whisper lora all-linear fp32", "whisper", _s(target_modules="all-linear", dtype="fp32", seq_len=128, batch_size=2)),
+    MMCase("whisper full fp32", "whisper", _s(mode="full", dtype="fp32", seq_len=128, batch_size=2)),
+)
+
+
+def mm_config(name: str) -> Any:
+    from ..models import config_from_dict
+
+    return config_from_dict(MM_CONFIGS[name])
+
+
+class MultimodalSamples(torch.utils.data.Dataset):
+    """Random samples shaped as the model's processor and collator produce them."""
+
+    def __init__(self, model: str, settings: PlanSettings, n: int) -> None:
+        from ..inputs import plan_inputs
+        from ..models import resolve
+
+        self.model, self.n = model, n
+        self.ip = plan_inputs(resolve(MM_CONFIGS[model]).arch, settings.inputs)
+        self.seq = settings.seq_len
+        from ..torch_dtypes import torch_dtype
+
+        self.dtype = torch_dtype(settings.dtype)   # Whisper's conv front-end wants features in the model dtype
+        self.g = torch.Generator().manual_seed(0)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if self.model == "whisper":
+            ids = torch.randint(3, 4000, (self.seq,), generator=self.g)
+            features = torch.randn(80, self.ip.mel_frames, generator=self.g).to(self.dtype)
+            return {"input_features": features,
+                    "decoder_input_ids": ids, "labels": ids}
+        text = torch.randint(5, 3999, (self.seq,), generator=self.g)
+        image_ids = torch.full((self.ip.lm_image_tokens,), IMAGE_TOKEN)
+        ids = torch.cat([image_ids, text])
+        labels = ids.masked_fill(ids == IMAGE_TOKEN, -100)
+        sample = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
+        if self.model == "qwen2_vl":
+            h, w = self.ip.planned_size
+            grid = torch.tensor([1, h // 14, w // 14])
+            patches = self.ip.images * int(grid.prod())
+            sample["pixel_values"] = torch.randn(patches, 3 * 2 * 14 * 14, generator=self.g)
+            sample["image_grid_thw"] = grid.repeat(self.ip.images, 1)
+            sample["mm_token_type_ids"] = (ids == IMAGE_TOKEN).long()   # M-RoPE needs it (the processor returns it)
+        else:
+            h, w = self.ip.planned_size
+            sample["pixel_values"] = torch.randn(self.ip.images, 3, h, w, generator=self.g)
+        return sample
+
+
+def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack text and LLaVA pixel values; Qwen2-VL's patches and grids are concatenated, as its collator does."""
+    out = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        out[key] = torch.cat(values) if key in ("pixel_values", "image_grid_thw") else torch.stack(values)
+    return out
+
+
+def measure_case(case: MMCase, steps: int = 3) -> Any:
+    """Three steps: in every step but the last, accelerate's dataloader holds the next batch (its pixel
+    values too), as in a real run; the second step also has the optimizer states."""
+    from .training import measure_training
+
+    data = MultimodalSamples(case.model, case.settings, case.settings.batch_size * steps)
+    return measure_training(mm_config(case.model), case.settings, steps=steps, dataset=data,
+                            auto_class=AUTO_CLASSES[case.model], task_type=None, collator=collate)
