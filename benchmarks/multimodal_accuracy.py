@@ -6,6 +6,7 @@ live-storage tracker and compares the peak with ``lora_doctor.plan(..., device="
 
     python benchmarks/multimodal_accuracy.py            # all cases
     python benchmarks/multimodal_accuracy.py whisper    # cases whose name contains "whisper"
+    python benchmarks/multimodal_accuracy.py --trace    # also plan(..., engine="trace") (fallbacks shown as "-")
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def main(argv: list[str]) -> int:
         row = [case.name, measured.peak_bytes / MIB, measured.peak_phase]
         for engine in engines:
             predicted = predict(case, engine)
+            if predicted.engine != engine:   # the trace fell back to the analytic engine (see its note)
+                row += [None, "fallback", None]
+                continue
             err = (predicted.peak_bytes - measured.peak_bytes) / measured.peak_bytes
             errors[engine].append(abs(err))
             row += [predicted.peak_bytes / MIB, predicted.peak_phase, 100 * err]
@@ -63,7 +67,7 @@ def main(argv: list[str]) -> int:
         line = f"{row[0]:40s} {row[1]:12.2f} {row[2]:>14s}"
         for k in range(len(engines)):
             p, ph, e = row[3 + 3 * k: 6 + 3 * k]
-            line += f" {p:12.2f} {ph:>14s} {e:+7.2f}%"
+            line += f" {p:12.2f} {ph:>14s} {e:+7.2f}%" if p is not None else f" {'-':>12s} {ph:>14s} {'-':>8s}"
         print(line + f" {row[-1]:5.1f}")
     for engine, errs in errors.items():
         if errs:

@@ -138,9 +138,25 @@ def test_training_the_tower_costs_its_activations():
     assert no_images.peak_bytes < frozen.peak_bytes and any("without images" in n for n in no_images.notes)
 
 
-def test_trace_engine_falls_back_with_a_note():
-    p = plan(MM_CONFIGS["whisper"], target_modules="all-linear", engine="trace", device="cpu")
-    assert p.engine == "analytic" and "trace engine does not run multimodal" in p.notes[0]
+@pytest.mark.parametrize("name, inputs", [("llava", dict(images_per_sample=1)), ("whisper", dict(audio_seconds=10))])
+def test_trace_runs_llava_and_whisper_and_agrees_with_analytic(name, inputs):
+    """The traced step (real model code on fake tensors, images / audio fed) needs no fallback."""
+    kw = dict(target_modules=["q_proj", "v_proj"], seq_len=64, batch_size=2, device="cpu", **inputs)
+    traced = plan(MM_CONFIGS[name], engine="trace", **kw)
+    analytic = plan(MM_CONFIGS[name], **kw)
+    assert traced.engine == "trace" and "trace_error" not in traced.details
+    assert not any("trace engine does not run" in n or "trace failed" in n for n in traced.notes)
+    assert traced.peak_bytes == pytest.approx(analytic.peak_bytes, rel=0.04)
+    # the images / audio are in the step: without them the traced peak is lower
+    if name == "llava":
+        text_only = plan(MM_CONFIGS[name], engine="trace", **dict(kw, images_per_sample=0))
+        assert text_only.peak_bytes < traced.peak_bytes
+
+
+def test_trace_engine_falls_back_with_a_note_for_qwen2_vl():
+    p = plan(MM_CONFIGS["qwen2_vl"], target_modules="all-linear", engine="trace", device="cpu",
+             images_per_sample=1, image_size=(224, 224))
+    assert p.engine == "analytic" and "trace engine does not run qwen2_vl" in p.notes[0]
 
 
 def test_cli_plan_with_images(capsys):

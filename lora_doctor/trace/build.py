@@ -83,7 +83,7 @@ def build_model(resolved: ResolvedModel, settings: PlanSettings, make: TensorFac
     wrapped = model
     targets: list[str] = []
     if settings.mode in ("lora", "qlora"):
-        wrapped, targets = _apply_lora(model, settings)
+        wrapped, targets = _apply_lora(model, settings, bool(resolved.arch.towers))
     with mode if mode is not None else nullcontext():
         _materialize(wrapped, make, load_dtype)
     if settings.gradient_checkpointing:
@@ -122,10 +122,13 @@ def _quantize_linears_on_meta(model: nn.Module, settings: PlanSettings) -> None:
             setattr(parent, name, q)
 
 
-def _apply_lora(model: nn.Module, settings: PlanSettings) -> tuple[nn.Module, list[str]]:
+def _apply_lora(model: nn.Module, settings: PlanSettings,
+                multimodal: bool = False) -> tuple[nn.Module, list[str]]:
     from peft import LoraConfig, get_peft_model
 
     task = "SEQ_2_SEQ_LM" if getattr(model.config, "is_encoder_decoder", False) else "CAUSAL_LM"
+    if multimodal:   # multimodal: peft's task wrappers pass text-only kwargs (Whisper has no input_ids)
+        task = None
     config = LoraConfig(r=settings.r, lora_alpha=settings.lora_alpha, target_modules=settings.target_modules,
                         use_rslora=settings.use_rslora, lora_dropout=settings.lora_dropout, task_type=task)
     peft_model = get_peft_model(model, config)

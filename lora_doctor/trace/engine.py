@@ -15,6 +15,7 @@ from ..memory.tables import CUBLAS_WORKSPACE_BYTES
 from ..models import ResolvedModel
 from ..plan_types import MemoryPlan, PlanSettings
 from .advice import shrink_advice
+from .inputs import BATCHES, traceable
 from .run import TraceResult, trace_step
 
 
@@ -25,10 +26,10 @@ def trace_plan(resolved: ResolvedModel, settings: PlanSettings, *, device: str =
     ``"cpu"`` (per-tensor), to compare against a CPU measurement. The verdict is added above the
     engines, by :func:`lora_doctor.verdict.finish_plan`.
     """
-    if resolved.arch.towers:   # vision-language / speech models: see docs/multimodal.md
+    if not traceable(resolved):   # multimodal families without a traced batch: see docs/multimodal.md
         plan = analytic_plan(resolved, settings, device)
-        plan.notes.insert(0, "the trace engine does not run multimodal models (their image-token checks read "
-                             "tensor values, which fake tensors do not have); showing the analytic estimate")
+        plan.notes.insert(0, f"the trace engine does not run {resolved.arch.model_type} yet (it traces "
+                             f"{', '.join(sorted(BATCHES))} and text models); showing the analytic estimate")
         return plan
     try:
         result = trace_step(resolved, settings, foreach=device == "cuda")

@@ -4,6 +4,11 @@
 cannot, and takes the general path instead (e.g. an explicit ``[b, 1, s, s]`` attention mask instead
 of SDPA's ``is_causal``), which would change the memory we measure. The traced batch is known (full
 length, unpadded, one sequence per row), so each such decision is answered as a real run answers it.
+
+Multimodal models also check that the image tokens in ``input_ids`` match the image features
+(``get_placeholder_mask`` counts them into a tensor and checks it with ``torch_compilable_check``);
+a fake tensor has no count to compare. The traced batch places exactly as many image tokens as the
+features (:mod:`lora_doctor.trace.inputs`), so that check alone is skipped, in those models' modules.
 """
 
 from __future__ import annotations
@@ -15,6 +20,13 @@ from typing import Any, Iterator
 _DECISIONS: tuple[tuple[str, str, Any], ...] = (
     ("transformers.masking_utils", "find_packed_sequence_indices", lambda position_ids: None),
 )
+
+# modules whose ``torch_compilable_check`` only validates the traced batch's image-token count
+_PLACEHOLDER_CHECKS: tuple[str, ...] = ("transformers.models.llava.modeling_llava",)
+
+
+def _skip_check(cond: Any, msg: Any, error_type: type = ValueError) -> None:
+    return None
 
 
 def _sdpa_as_on_cuda(original: Any) -> Any:
@@ -37,6 +49,7 @@ def _sdpa_as_on_cuda(original: Any) -> Any:
 def real_batch_decisions(cuda_kernels: bool = True) -> Iterator[None]:
     """Patch the value-dependent decisions; with ``cuda_kernels`` also SDPA's kernel choice."""
     import importlib
+    import sys
 
     saved = []
     decisions = list(_DECISIONS)
@@ -45,6 +58,8 @@ def real_batch_decisions(cuda_kernels: bool = True) -> Iterator[None]:
 
         decisions.append(("torch.nn.functional", "scaled_dot_product_attention",
                           _sdpa_as_on_cuda(F.scaled_dot_product_attention)))
+    decisions += [(name, "torch_compilable_check", _skip_check) for name in _PLACEHOLDER_CHECKS
+                  if name in sys.modules]   # loaded when the model was built; never imported here
     for module_name, attr, replacement in decisions:
         try:
             module = importlib.import_module(module_name)

@@ -14,6 +14,7 @@ from ..models import ResolvedModel
 from ..plan_types import TENSOR_TERMS, PlanSettings
 from ..torch_dtypes import torch_dtype as dtype_of
 from .build import build_model
+from .inputs import look_ahead, trace_batch
 from .modules import module_scope
 from .patches import real_batch_decisions
 from .step import PAGED, make_optimizer, prime_optimizer, optimizer_state_tensors, run_training_steps
@@ -92,9 +93,10 @@ def trace_step(resolved: ResolvedModel, settings: PlanSettings, *, fake: bool = 
         timeline.register(built.weights, "weights")
         timeline.register(built.trainable, trainable_term)
         timeline.register(built.quant_state, "quantization_state")
-        ids = torch.zeros(settings.batch_size, settings.seq_len, dtype=torch.long)
-        batch = {"input_ids": ids, "labels": ids.clone()}
+        batch = trace_batch(resolved, settings)
         timeline.register(batch.values(), "inputs")
+        ahead = look_ahead(batch) if resolved.arch.towers and not foreach else []   # held through the step
+        timeline.register(ahead, "inputs")   # on CPU the look-ahead batch shares the memory
         optimizer = make_optimizer(settings.optim, built.trainable, foreach=foreach)
         state_label = "paged_optimizer_states" if settings.optim in PAGED else "optimizer_states"
         autocast = dtype_of(settings.mixed_precision) if settings.mixed_precision else None

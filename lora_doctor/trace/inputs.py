@@ -1,0 +1,90 @@
+"""The traced batch: token ids, plus the images or audio of ``settings.inputs`` for multimodal models.
+
+Built as a real collator returns it, with the shapes :func:`lora_doctor.inputs.plan_inputs` plans:
+
+* text models: ``input_ids`` and ``labels`` of ``[batch, seq_len]``;
+* LLaVA-style models: every sample starts with its image tokens (``images x tokens per image`` copies
+  of the config's image token id), then ``seq_len`` text tokens; labels ignore the image tokens; no
+  attention mask (all ones: a real run takes SDPA's causal path, as with none);
+  ``pixel_values`` are fp32 ``[batch x images, 3, height, width]`` at the processor's planned size;
+* Whisper: ``input_features`` of ``[batch, mel bins, 3000]`` in the model dtype (what the collator
+  casts them to), ``decoder_input_ids`` and ``labels`` of ``[batch, seq_len]``.
+
+Which families the trace can feed is the table below; the others fall back to the analytic engine.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..errors import UnsupportedModelError
+from ..inputs import InputPlan, plan_inputs
+from ..models import ResolvedModel
+from ..plan_types import PlanSettings
+from ..torch_dtypes import torch_dtype as dtype_of
+from ..towers import tower
+
+Batch = dict[str, torch.Tensor]
+PIXEL_DTYPE = torch.float32      # image processors return fp32 arrays
+
+
+def _text(resolved: ResolvedModel, s: PlanSettings, ip: InputPlan) -> Batch:
+    ids = torch.zeros(s.batch_size, s.seq_len, dtype=torch.long)
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
+def _image_token_id(resolved: ResolvedModel) -> int:
+    config = resolved.config()
+    for key in ("image_token_id", "image_token_index"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    raise UnsupportedModelError(f"{config.model_type}: no image_token_id in the config")
+
+
+def _llava(resolved: ResolvedModel, s: PlanSettings, ip: InputPlan) -> Batch:
+    if not ip.images:
+        return _text(resolved, s, ip)
+    image = torch.full((s.batch_size, ip.lm_image_tokens), _image_token_id(resolved), dtype=torch.long)
+    ids = torch.cat([image, torch.zeros(s.batch_size, s.seq_len, dtype=torch.long)], dim=1)
+    labels = torch.cat([torch.full_like(image, -100), ids[:, ip.lm_image_tokens:]], dim=1)
+    h, w = ip.planned_size or (0, 0)
+    pixels = torch.empty(s.batch_size * ip.images, 3, h, w, dtype=PIXEL_DTYPE)
+    # no attention_mask: the collator's is all ones, which a real run reads as "no mask" (SDPA's is_causal);
+    # a fake all-ones mask can't be read, and the model would build an explicit [b, 1, s, s] mask instead
+    return {"input_ids": ids, "labels": labels, "pixel_values": pixels}
+
+
+def _whisper(resolved: ResolvedModel, s: PlanSettings, ip: InputPlan) -> Batch:
+    audio = tower(resolved.arch.towers, "audio")
+    bins = int(audio.extra.get("num_mel_bins", 80)) if audio is not None else 80
+    ids = torch.zeros(s.batch_size, s.seq_len, dtype=torch.long)
+    features = torch.empty(s.batch_size, bins, ip.mel_frames, dtype=dtype_of(s.dtype))
+    return {"input_features": features, "decoder_input_ids": ids, "labels": ids.clone()}
+
+
+# model_type -> batch builder, for the multimodal families the trace runs
+BATCHES: dict[str, Callable[[ResolvedModel, PlanSettings, InputPlan], Batch]] = {
+    "llava": _llava,
+    "whisper": _whisper,
+}
+
+
+def traceable(resolved: ResolvedModel) -> bool:
+    """Whether the trace can build this model's batch (every text model; the multimodal families above)."""
+    return not resolved.arch.towers or resolved.arch.model_type in BATCHES
+
+
+def trace_batch(resolved: ResolvedModel, settings: PlanSettings) -> Batch:
+    """The batch of one step (call inside the FakeTensorMode: the tensors are made fake)."""
+    if not resolved.arch.towers:
+        return _text(resolved, settings, InputPlan())
+    ip = plan_inputs(resolved.arch, settings.inputs)
+    return BATCHES[resolved.arch.model_type](resolved, settings, ip)
+
+
+def look_ahead(batch: Batch) -> list[torch.Tensor]:
+    """The next batch accelerate's ``DataLoaderShard`` already holds on a CPU run (same shapes)."""
+    return [torch.empty_like(t) for t in batch.values()]
