@@ -12,6 +12,7 @@ from typing import Any
 from ..memory.engine import analytic_plan, lora_scale
 from ..memory.overhead import device_terms
 from ..memory.tables import CUBLAS_WORKSPACE_BYTES
+from ..inputs import plan_inputs
 from ..models import ResolvedModel
 from ..plan_types import MemoryPlan, PlanSettings
 from .advice import shrink_advice
@@ -40,6 +41,8 @@ def trace_plan(resolved: ResolvedModel, settings: PlanSettings, *, device: str =
         plan.details["trace_error"] = f"{type(exc).__name__}: {_first_line(exc)}"
     else:
         plan = plan_from_trace(resolved, settings, result, device=device)
+        if resolved.arch.towers:   # what the traced batch held: image tokens / audio frames per sample
+            plan.notes.extend(plan_inputs(resolved.arch, settings.inputs).notes)
     return plan
 
 
