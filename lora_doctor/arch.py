@@ -60,6 +60,9 @@ class ArchSpec:
     num_experts: int = 0
     experts_per_token: int = 0
     extra: dict = field(default_factory=dict)
+    # Trace-derived corrections to the activation recipes (lora_doctor.memory.layer_terms);
+    # empty = recipes only. Not part of equality: a plan may fill it lazily.
+    derived: dict = field(default_factory=dict, compare=False)
 
     @property
     def max_positions(self) -> int | None:

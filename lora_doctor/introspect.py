@@ -6,6 +6,7 @@ parameter on ``meta``; the counts are exact because they come from the real ``tr
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -148,7 +149,7 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
     head_dim = int(getattr(text, "head_dim", None) or (hidden // max(num_heads, 1)))
     inter = int(getattr(text, "intermediate_size", None) or getattr(text, "ffn_dim", None)
                 or getattr(text, "n_inner", None) or 4 * hidden)
-    return ArchSpec(
+    arch = ArchSpec(
         model_type=config.model_type,
         architecture=type(model).__name__,
         total_params=int(total),
@@ -175,6 +176,12 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
         experts_per_token=int(getattr(text, "num_experts_per_tok", 0) or 0),
         extra=_extra_fields(text),
     )
+    if os.environ.get("LORA_DOCTOR_DERIVE", "1") != "0":  # trace-derived corrections on first plan
+        from .memory.derive import derive_for_arch
+        from .memory.layer_terms import attach_deriver
+
+        attach_deriver(arch, derive_for_arch(config))
+    return arch
 
 
 def _extra_fields(text: Any) -> dict:

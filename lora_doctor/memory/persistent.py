@@ -45,7 +45,9 @@ def lora_params(families: list[LinearFamily], r: int) -> int:
 
 
 def persistent_terms(arch: ArchSpec, *, mode: str, dtype: str, targeted: list[LinearFamily], r: int,
-                     optim: str, double_quant: bool, device: str = "cuda") -> Persistent:
+                     optim: str, double_quant: bool, device: str = "cuda", extra_adapter_params: int = 0) -> Persistent:
+    """``extra_adapter_params``: adapter parameters beyond the linear families (peft's LoRA on fused
+    MoE expert parameters), from the trace-derived terms of :mod:`.layer_terms`."""
     load = DTYPE_BYTES[dtype]
     notes: list[str] = []
     quantizable = [f for f in arch.linear_families if f.scope != "head"]
@@ -64,7 +66,7 @@ def persistent_terms(arch: ArchSpec, *, mode: str, dtype: str, targeted: list[Li
     else:
         weights, qstate, q_weight = arch.total_params * load, 0, 0
 
-    adapter_params = lora_params(targeted, r) if mode != "full" else 0
+    adapter_params = lora_params(targeted, r) + extra_adapter_params if mode != "full" else 0
     adapters = adapter_params * 4
     if mode == "full":
         trainable, grad_bytes = arch.total_params, load
