@@ -5,7 +5,9 @@ excluded), a tiny config from the config class's defaults (``lora_doctor.measure
 both engines for two settings, modelling a CUDA run. Types transformers cannot build, or whose code
 cannot run on fake tensors, are listed with the reason. Goal from issue 12: worst |error| <= 3%.
 
-    HF_HUB_OFFLINE=1 python benchmarks/trace_sweep.py [TYPE ...]
+    HF_HUB_OFFLINE=1 python benchmarks/trace_sweep.py            # the SWEEP_TYPES below
+    HF_HUB_OFFLINE=1 python benchmarks/trace_sweep.py --all      # every *ForCausalLM model type
+    HF_HUB_OFFLINE=1 python benchmarks/trace_sweep.py qwen3 gpt2 # just these
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ from lora_doctor.measure.tiny import causal_lm_types, tiny_config  # noqa: E402
 from lora_doctor.memory.tables import CUBLAS_WORKSPACE_BYTES  # noqa: E402
 from lora_doctor.models import resolve  # noqa: E402
 from lora_doctor.plan_types import PlanSettings  # noqa: E402
+
+# Families people fine-tune, with their layer patterns (sliding/global, dense/MoE mixes, MLA, parallel
+# blocks, config dropouts); ~1 minute per type on a loaded 2-core CPU.
+SWEEP_TYPES = (
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3_text",
+    "phi", "phi3", "phimoe", "gpt2", "gpt_neox", "gptj", "gpt_bigcode", "opt", "bloom", "falcon", "olmo",
+    "olmo2", "olmoe", "smollm3", "granite", "granitemoe", "cohere", "cohere2", "starcoder2", "stablelm",
+    "deepseek_v3", "gpt_oss", "glm4", "helium", "exaone4", "ernie4_5", "seed_oss", "llama4_text",
+)
 
 SETTINGS = {
     "lora all-linear": PlanSettings(mode="lora", target_modules="all-linear", batch_size=2, seq_len=512),
@@ -59,7 +70,7 @@ def main(argv: list[str]) -> int:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    types = argv or causal_lm_types()
+    types = causal_lm_types() if argv == ["--all"] else (argv or list(SWEEP_TYPES))
     print(f"{'model type':28s} " + " ".join(f"{n:>16s}" for n in SETTINGS) + f" {'s':>5s}")
     worst, compared, skipped = 0.0, 0, []
     for model_type in types:

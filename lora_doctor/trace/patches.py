@@ -11,6 +11,27 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+def _grouped_mm_for_fake(original: Any) -> Any:
+    """MoE experts in fp32 (QLoRA: ``prepare_model_for_kbit_training`` upcasts the unquantized 3-D expert
+    weights) take transformers' own fallback kernel: torch's fake ``grouped_mm`` accepts only bf16,
+    while CUDA's kernel runs fp32 too. Same output and saved tensors (input, weight), so same memory."""
+    import torch
+
+    def can_use(input: Any, weight: Any, offs: Any) -> bool:
+        return weight.dtype == torch.bfloat16 and input.dtype == torch.bfloat16 and original(input, weight, offs)
+
+    return can_use
+
+
+def _moe_decision() -> tuple[str, str, Any] | None:
+    try:
+        from transformers.integrations import moe
+    except ImportError:  # older transformers: no grouped experts
+        return None
+    original = getattr(moe, "_can_use_grouped_mm", None)
+    return ("transformers.integrations.moe", "_can_use_grouped_mm", _grouped_mm_for_fake(original)) if original else None
+
+
 # (module, attribute, replacement): what a real run on an unpadded, unpacked batch computes.
 _DECISIONS: tuple[tuple[str, str, Any], ...] = (
     ("transformers.masking_utils", "find_packed_sequence_indices", lambda position_ids: None),
@@ -82,6 +103,9 @@ def real_batch_decisions(cuda_kernels: bool = True) -> Iterator[None]:
 
     saved = []
     decisions = list(_DECISIONS)
+    moe = _moe_decision()
+    if moe is not None:
+        decisions.append(moe)
     if cuda_kernels:
         import torch.nn.functional as F
 
