@@ -44,31 +44,35 @@ class _RandomTokens(torch.utils.data.Dataset):
 
 def build_model(config: Any, settings: PlanSettings, workdir: str) -> Any:
     """The model as a user would have it before ``Trainer``: loaded, wrapped by peft when LoRA/QLoRA."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    import transformers
+    from transformers import BitsAndBytesConfig
 
+    from ..introspect import auto_class_for
+
+    auto = getattr(transformers, auto_class_for(config))  # causal LM; masked LM for BERT-style encoders
     torch.manual_seed(0)
     dtype = torch_dtype(settings.dtype)
     config._attn_implementation = settings.attn_implementation
     if settings.mode == "qlora":
-        AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(workdir)
+        auto.from_config(config, dtype=dtype).save_pretrained(workdir)
         bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=settings.quant_type,
                                  bnb_4bit_use_double_quant=settings.double_quant,
                                  bnb_4bit_compute_dtype=torch.bfloat16 if settings.dtype != "fp16" else torch.float16)
-        model = AutoModelForCausalLM.from_pretrained(workdir, quantization_config=bnb, dtype=dtype,
+        model = auto.from_pretrained(workdir, quantization_config=bnb, dtype=dtype,
                                                      attn_implementation=settings.attn_implementation,
                                                      device_map={"": "cpu"})
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=settings.gradient_checkpointing)
     else:
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = auto.from_config(config, dtype=dtype)
     if settings.mode in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
         targets = settings.target_modules
         lora = LoraConfig(r=settings.r, lora_alpha=settings.lora_alpha, target_modules=targets,
                           use_rslora=settings.use_rslora, lora_dropout=settings.lora_dropout,
-                          task_type="CAUSAL_LM")
+                          task_type="CAUSAL_LM" if auto.__name__ == "AutoModelForCausalLM" else None)
         model = get_peft_model(model, lora)
     return model
 

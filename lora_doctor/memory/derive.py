@@ -182,11 +182,7 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
     n = window.arch.num_layers
     wkinds = _renumber(kinds[:n])
     shapes = ((1, seq), (2, seq), (1, 2 * seq), (2, 2 * seq))
-    samples, trainable = [], {}
-    for b, q in shapes:
-        got, trainable = _saved_by_region(window, replace(s, batch_size=b, seq_len=q, gradient_checkpointing=False),
-                                          device, n)
-        samples.append(got)
+    samples, trainable = _saved_by_region(window, replace(s, gradient_checkpointing=False), shapes, device, n)
     regions = {r for smp in samples for r in smp}
     solved = {r: _solve([smp.get(r, 0.0) for smp in samples], seq) for r in regions}
     recipe = recipe_regions(window.arch, replace(s, batch_size=1, seq_len=seq), device)
@@ -245,21 +241,24 @@ def _region(path: str, prefix: str | None, num_layers: int) -> str:
     return "outside"
 
 
-def _saved_by_region(resolved: Any, s: PlanSettings, device: str, num_layers: int
-                     ) -> tuple[dict[str, float], dict[str, int]]:
-    """Bytes alive at the start of backward (saved for it) by region (layer<i>, outside, logits),
-    and trainable parameters by region."""
+def _saved_by_region(resolved: Any, s: PlanSettings, shapes: tuple, device: str, num_layers: int
+                     ) -> tuple[list[dict[str, float]], dict[str, int]]:
+    """Per shape, bytes alive at the start of backward (saved for it) by region (layer<i>, outside,
+    logits); and trainable parameters by region."""
     from ..trace.profile import saved_at_backward_start
 
-    records, layers_prefix, params = saved_at_backward_start(resolved, s, foreach=device == "cuda")
+    per_shape, layers_prefix, params = saved_at_backward_start(resolved, s, shapes, foreach=device == "cuda")
     trainable: dict[str, int] = {}
     for name, numel in params.items():
         region = _region(name, layers_prefix, num_layers)
         trainable[region] = trainable.get(region, 0) + numel
-    out: dict[str, float] = {}
-    for rec in records:
-        if rec.category in PERSISTENT or rec.op == "register":
-            continue
-        region = "logits" if rec.category == "logits_and_loss" else _region(rec.module, layers_prefix, num_layers)
-        out[region] = out.get(region, 0.0) + rec.nbytes
-    return out, trainable
+    samples = []
+    for records in per_shape:
+        out: dict[str, float] = {}
+        for rec in records:
+            if rec.category in PERSISTENT or rec.op == "register":
+                continue
+            region = "logits" if rec.category == "logits_and_loss" else _region(rec.module, layers_prefix, num_layers)
+            out[region] = out.get(region, 0.0) + rec.nbytes
+        samples.append(out)
+    return samples, trainable
