@@ -134,7 +134,7 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda") -> Phase
     if arch.extra.get("final_logit_softcapping"):
         loss_bwd += T * V * logit_bytes
     loss_peak = max(loss_fwd, loss_bwd)
-    dequant = pers.largest_linear_params * 2 if s.mode == "qlora" else 0
+    dequant = pers.largest_quantized_params * 2 if s.mode == "qlora" else 0
     transient = int(T * est.transient_tokens) + dequant
 
     workspace = CUBLAS_WORKSPACE_BYTES if device == "cuda" else 0

@@ -38,6 +38,7 @@ class Persistent:
     largest_linear_params: int
     quantized_params: int
     notes: tuple[str, ...] = ()
+    largest_quantized_params: int = 0   # the one 4-bit weight dequantized at a time (QLoRA); not the head
 
 
 def lora_params(families: list[LinearFamily], r: int) -> int:
@@ -90,4 +91,5 @@ def persistent_terms(arch: ArchSpec, *, mode: str, dtype: str, targeted: list[Li
     else:
         scratch = int(spec.scratch_copies * trainable * state_bytes)
     return Persistent(int(weights), qstate, adapters, int(gradients), states, scratch, int(trainable),
-                      adapter_params, int(head_grad), largest, q_weight, tuple(notes))
+                      adapter_params, int(head_grad), largest, q_weight, tuple(notes),
+                      max((f.in_features * f.out_features for f in quantizable), default=0) if mode == "qlora" else 0)
