@@ -19,6 +19,11 @@ from lora_doctor.plan_types import PlanSettings
 LORA = PlanSettings(mode="lora", target_modules="all-linear", batch_size=2, seq_len=512)
 
 
+@pytest.fixture(autouse=True)
+def derive_on(monkeypatch):
+    monkeypatch.setenv("LORA_DOCTOR_DERIVE", "1")  # tests/conftest.py turns it off for the other tests
+
+
 def _error(model_type: str, s: PlanSettings) -> float:
     from lora_doctor.trace import trace_step
 
