@@ -175,6 +175,7 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
         num_experts=int(getattr(text, "num_local_experts", 0) or getattr(text, "num_experts", 0) or 0),
         experts_per_token=int(getattr(text, "num_experts_per_tok", 0) or 0),
         extra=_extra_fields(text),
+        buffer_bytes=int(sum(b.numel() * b.element_size() for b in model.buffers())),
     )
     if os.environ.get("LORA_DOCTOR_DERIVE", "1") != "0":  # trace-derived corrections on first plan
         from .memory.derive import derive_for_arch

@@ -19,7 +19,7 @@ TINY_FIELDS: dict[str, Any] = {
     "num_local_experts": 4, "num_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
     "moe_topk": 2, "top_k": 2, "n_group": 1, "topk_group": 1,
     "q_lora_rank": 64, "kv_lora_rank": 32, "qk_rope_head_dim": 16, "qk_nope_head_dim": 16, "v_head_dim": 32,
-    "vocab_size": 1024, "sliding_window": 128, "attention_chunk_size": 128,
+    "vocab_size": 1024, "sliding_window": 128, "attention_chunk_size": 128, "rotary_dim": 16,
 }
 LAYERS = 4
 # Not decoder-only text models even though transformers maps them to a *ForCausalLM class.
@@ -54,8 +54,11 @@ def tiny_config(model_type: str) -> dict[str, Any] | None:
         return None
     fields: dict[str, Any] = {"model_type": model_type}
     for name, value in TINY_FIELDS.items():
-        if hasattr(default, name) and getattr(default, name) is not None:
+        settable = not isinstance(getattr(type(default), name, None), property)  # Falcon's head_dim
+        if settable and hasattr(default, name) and getattr(default, name) is not None:
             fields[name] = value
+    if "qk_rope_head_dim" in fields and "head_dim" in fields:  # MLA: rope runs on head_dim = the rope part
+        fields["head_dim"] = fields["qk_rope_head_dim"]
     layers_field = next((n for n in ("num_hidden_layers", "n_layer", "num_layers") if hasattr(default, n)), None)
     if layers_field:
         fields[layers_field] = LAYERS

@@ -125,7 +125,8 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda") -> Phase
         first = -T * est.first_layer_discount + (res.term(res.first, T, seq) if res else 0.0)
         saved = sum(by_kind[k] for k in kinds) + first + outside
         recompute = 0
-    saved += _autocast_weight_cache(arch, s, dt)
+    if res is None or not res.autocast:  # a residual derived under autocast already holds the copies
+        saved += _autocast_weight_cache(arch, s, dt)
     logit_bytes = dt.autocast or (4 if s.mode == "qlora" else DTYPE_BYTES[s.dtype])
     logits_residual = res.term(res.logits, T, seq) if res else 0.0
     loss_fwd = T * _loss_forward_per_token(arch, s, dt) + logits_residual

@@ -75,6 +75,12 @@ class Residual:
         a, q, e, c = t
         return self.scale * (a * tokens + q * tokens * seq + e * seq + c)
 
+    @property
+    def autocast(self) -> bool:
+        """Derived under autocast: its per-step terms already hold autocast's cast weight copies."""
+        parts = self.key.split("|")[0].split(":")
+        return len(parts) > 2 and parts[2] != "-"
+
     def extra_trainable(self) -> int:
         """Trainable parameters the linear families do not account for (whole model)."""
         if not self.trainable:

@@ -66,6 +66,7 @@ def persistent_terms(arch: ArchSpec, *, mode: str, dtype: str, targeted: list[Li
             notes.append("MoE experts stored as 3-D parameters are not quantized by bitsandbytes (only nn.Linear is)")
     else:
         weights, qstate, q_weight = arch.total_params * load, 0, 0
+    weights += arch.buffer_bytes  # buffers keep their own dtypes (fp32 rope tables, bool masks)
 
     adapter_params = lora_params(targeted, r) + extra_adapter_params if mode != "full" else 0
     adapters = adapter_params * 4
