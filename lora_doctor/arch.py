@@ -60,7 +60,7 @@ class ArchSpec:
     num_experts: int = 0
     experts_per_token: int = 0
     extra: dict = field(default_factory=dict)
-    buffer_bytes: int = 0          # registered buffers (rope tables, causal-mask buffers), in their own dtypes
+    buffer_bytes: int = field(default=0, compare=False)  # registered buffers (rope tables, causal-mask buffers), in their own dtypes
     # Trace-derived corrections to the activation recipes (lora_doctor.memory.layer_terms);
     # empty = recipes only. Not part of equality: a plan may fill it lazily.
     derived: dict = field(default_factory=dict, compare=False)
