@@ -63,6 +63,10 @@ class ArchSpec:
     experts_per_token: int = 0
     extra: dict = field(default_factory=dict)
     towers: tuple[TowerSpec, ...] = ()   # vision / audio encoders and the projector (lora_doctor.towers)
+    buffer_bytes: int = field(default=0, compare=False)  # registered buffers (rope tables, causal-mask buffers), in their own dtypes
+    # Trace-derived corrections to the activation recipes (lora_doctor.memory.layer_terms);
+    # empty = recipes only. Not part of equality: a plan may fill it lazily.
+    derived: dict = field(default_factory=dict, compare=False)
 
     @property
     def max_positions(self) -> int | None:

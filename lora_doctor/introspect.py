@@ -6,6 +6,7 @@ parameter on ``meta``; the counts are exact because they come from the real ``tr
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import replace
 from typing import Any
@@ -189,12 +190,18 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
         experts_per_token=int(getattr(text, "num_experts_per_tok", 0) or 0),
         extra=_extra_fields(text),
         towers=towers,
+        buffer_bytes=int(sum(b.numel() * b.element_size() for b in model.buffers())),
     )
     overrides = text_overrides(config)
     if overrides:
         extra = dict(spec.extra, max_position_embeddings=getattr(config, "max_target_positions", None) or spec.max_positions,
                      loss_in_logits_dtype=config.model_type in LOSS_IN_LOGITS_DTYPE)
         spec = replace(spec, **overrides, extra=extra)
+    if not spec.towers and os.environ.get("LORA_DOCTOR_DERIVE", "1") != "0":  # trace-derived corrections on first plan
+        from .memory.derive import derive_for_arch
+        from .memory.layer_terms import attach_deriver
+
+        attach_deriver(spec, derive_for_arch(config))
     return spec
 
 

@@ -8,6 +8,10 @@ config (no download) and summarized as an ArchSpec; ``"multimodal": true`` entri
 speech models) are built the same way, with the auto class that builds them (their towers in the ArchSpec).
 tests/test_catalog.py rebuilds entries and checks every count against the published one.
 
+``python scripts/build_catalog.py --derive ID ...`` also traces the derived terms (``ArchSpec.derived``,
+lora_doctor.memory.derive) of those entries, seconds to minutes each; ``--derive`` alone does every entry.
+Entries not named keep the derived terms the committed catalog.json holds.
+
 ``python scripts/build_catalog.py --check`` builds everything and compares with the committed JSON instead
 of writing it (exit 1 on drift).
 """
@@ -16,11 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("LORA_DOCTOR_DERIVE", "0")  # derived terms come from --derive only
 
 from lora_doctor.introspect import arch_from_model, build_meta_model  # noqa: E402
 from lora_doctor.models import config_from_dict  # noqa: E402
@@ -67,12 +75,30 @@ def build_entry(entry: dict) -> dict:
     }
 
 
-def build(entries: list[dict]) -> tuple[dict, list[str]]:
-    """The catalog JSON and one report line per source."""
+def derived_terms(model_id: str, fields: dict) -> dict:
+    """``ArchSpec.derived`` of one entry: trace-derived corrections to the recipes (lora_doctor.memory.derive),
+    a few seconds to minutes per model on fake tensors, so only the entries named with --derive are traced."""
+    from lora_doctor.memory.derive import derive_terms
+
+    start = time.perf_counter()
+    terms = derive_terms(dict(fields))
+    print(f"derived {model_id}: {len(terms['classes'])} setting classes in {time.perf_counter() - start:.0f} s",
+          file=sys.stderr)
+    return terms
+
+
+def build(entries: list[dict], derive: "set[str] | None" = None, previous: dict | None = None) -> tuple[dict, list[str]]:
+    """The catalog JSON and one report line per source. Derived terms are traced for the ids in ``derive``
+    and kept from ``previous`` (the committed catalog) for the others."""
     out: dict = {"models": {}, "aliases": {}}
     report = []
+    old_models = (previous or {}).get("models", {})
     for entry in entries:
         built = build_entry(entry)
+        if derive and entry["id"] in derive:
+            built["arch"]["derived"] = derived_terms(entry["id"], built["config"])
+        elif old_models.get(entry["id"], {}).get("arch", {}).get("derived"):
+            built["arch"]["derived"] = old_models[entry["id"]]["arch"]["derived"]
         out["models"][entry["id"]] = built
         for alias in entry.get("aliases", []):
             out["aliases"][alias] = entry["id"]
@@ -90,8 +116,13 @@ def render(catalog: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare with the committed catalog.json, write nothing")
+    parser.add_argument("--derive", nargs="*", metavar="ID", default=None,
+                        help="trace derived terms for these ids (all with no id); others keep their committed terms")
     args = parser.parse_args(argv)
-    catalog, report = build(load_sources())
+    sources = load_sources()
+    derive = None if args.derive is None else (set(args.derive) or {entry["id"] for entry in sources})
+    previous = json.loads(OUTPUT.read_text()) if OUTPUT.exists() else None
+    catalog, report = build(sources, derive, previous)
     print("\n".join(report))
     text = render(catalog)
     if args.check:

@@ -29,12 +29,13 @@ def test_breakdown_adds_up(mode):
 def test_llama2_7b_weights_by_mode():
     arch = lora_doctor.catalog.lookup("meta-llama/Llama-2-7b-hf").arch
     full = plan("meta-llama/Llama-2-7b-hf", mode="full")
-    assert full.breakdown["weights"] == 6_738_415_616 * 2
+    assert full.breakdown["weights"] == 6_738_415_616 * 2 + arch.buffer_bytes   # + rope tables (inv_freq)
+    assert arch.buffer_bytes == 2 * 64 * 4   # inv_freq and original_inv_freq: head_dim / 2 fp32 values each
     assert full.trainable_params == 6_738_415_616
     qlora = plan("meta-llama/Llama-2-7b-hf", mode="qlora")
     linear = sum(f.weight_params for f in arch.linear_families if f.scope != "head")
     # NF4: half a byte per linear weight; everything else upcast to fp32 by prepare_model_for_kbit_training
-    assert qlora.breakdown["weights"] == int(linear * 0.5 + (arch.total_params - linear) * 4)
+    assert qlora.breakdown["weights"] == int(linear * 0.5 + (arch.total_params - linear) * 4) + arch.buffer_bytes
     assert qlora.breakdown["quantization_state"] == int(linear * (1 / 64 + 4 / (64 * 256)))
     no_dq = plan("meta-llama/Llama-2-7b-hf", mode="qlora", double_quant=False)
     assert no_dq.breakdown["quantization_state"] == int(linear / 16)

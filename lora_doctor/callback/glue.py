@@ -9,6 +9,22 @@ from typing import Any
 REPORTING_FIRST = "DefaultFlowCallback"   # our callback goes right after it, before report_to integrations
 
 
+def find_on_stack(kind: type, max_depth: int) -> Any:
+    """The nearest ``self`` of type ``kind`` among the callers' frames (None if not within ``max_depth``)."""
+    frame = inspect.currentframe()
+    try:
+        for _ in range(max_depth):
+            frame = frame.f_back if frame is not None else None
+            if frame is None:
+                return None
+            candidate = frame.f_locals.get("self")
+            if isinstance(candidate, kind):
+                return candidate
+        return None
+    finally:
+        del frame
+
+
 def find_callback_handler(max_depth: int = 8) -> Any:
     """The ``CallbackHandler`` calling us, found on the call stack (None if not there).
 
@@ -18,18 +34,7 @@ def find_callback_handler(max_depth: int = 8) -> Any:
     """
     from transformers.trainer_callback import CallbackHandler
 
-    frame = inspect.currentframe()
-    try:
-        for _ in range(max_depth):
-            frame = frame.f_back if frame is not None else None
-            if frame is None:
-                return None
-            candidate = frame.f_locals.get("self")
-            if isinstance(candidate, CallbackHandler):
-                return candidate
-        return None
-    finally:
-        del frame
+    return find_on_stack(CallbackHandler, max_depth)
 
 
 def move_before_reporters(handler: Any, callback: Any) -> bool:

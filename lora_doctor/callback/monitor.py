@@ -117,7 +117,9 @@ class Monitor:
             found = self.observe_grad_norm(step, math.sqrt(sum(v * v for v in norms)),
                                            None if self.grad.sharded else norms)
             findings += [_with_local(found, own)] if found else []
-        factor = self.loss_factor if self.loss.summed else 1.0
+        # the forward hook sees the model's loss before the Trainer's ``loss *= world_size``; the training_step
+        # tap sees it after
+        factor = self.loss_factor if self.loss.summed and not self.loss.as_logged else 1.0
         for step, (value,) in losses:
             self.latest.loss, self.latest.loss_step = value * factor, step
             found = self.loss_detector.observe(step, value * factor)

@@ -15,7 +15,6 @@ is found on the call stack when the callback's ``on_train_begin`` runs, the way
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable
 
 MAX_STACK_DEPTH = 64
@@ -23,22 +22,11 @@ MAX_STACK_DEPTH = 64
 
 def find_trainer(max_depth: int = MAX_STACK_DEPTH) -> Any:
     """The ``transformers.Trainer`` whose code is on the call stack (None if there is none)."""
-    try:
-        from transformers import Trainer
-    except ImportError:   # pragma: no cover - the callback needs transformers anyway
-        return None
-    frame = inspect.currentframe()
-    try:
-        for _ in range(max_depth):
-            frame = frame.f_back if frame is not None else None
-            if frame is None:
-                return None
-            candidate = frame.f_locals.get("self")
-            if isinstance(candidate, Trainer):
-                return candidate
-        return None
-    finally:
-        del frame
+    from transformers import Trainer
+
+    from .glue import find_on_stack
+
+    return find_on_stack(Trainer, max_depth)
 
 
 class TrainingStepTap:

@@ -160,6 +160,12 @@ class LossProbe:
         if self._tap is None:
             self._handle = model.register_forward_hook(self._hook, with_kwargs=True)
 
+    @property
+    def as_logged(self) -> bool:
+        """Values come from ``training_step``: already scaled as the Trainer counts them (``loss *= world_size``
+        under ``average_tokens_across_devices``), so no further factor applies."""
+        return self._tap is not None
+
     def _record_objective(self, loss: Any) -> None:
         if isinstance(loss, torch.Tensor):
             self._summed = True   # training_step already scales each micro-batch: the step's loss is the sum

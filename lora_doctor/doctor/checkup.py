@@ -16,6 +16,7 @@ from ..models import ResolvedModel, resolve
 from .adapters import ModelFacts, gather_facts
 from .dry_run import DEFAULT_MAX_PARAMS, dry_run as run_dry
 from .dtypes import check_adapter_dtypes, check_fp16_trainable, check_quantization
+from .moe_quant import check_moe_quantization
 from .init import check_init_setting, check_init_tensors
 from .inventory import LINEAR_KINDS, ModuleInventory, gather
 from .matching import TargetMatch, family_names, match_targets
@@ -170,7 +171,9 @@ def diagnose(model: Any, lora_config: Any = None, *, training_args: Any = None, 
     if training.gradient_checkpointing or (facts is not None and facts.checkpointing):
         peft_facts = facts if facts is not None and facts.is_peft else None
         findings += check_checkpointing(training, peft_facts, checkpointing_adds_input_hook(module))
-    findings += check_quantization(_quant(quantization_config, resolved, facts), _bf16_available(training))
+    quant = _quant(quantization_config, resolved, facts)
+    findings += check_quantization(quant, _bf16_available(training))
+    findings += check_moe_quantization(quant, inv)
     if tokenizer is not None:
         rows = next((m.in_features for m in inv.modules if m.name == inv.input_embedding), resolved.arch.vocab_size)
         emb_names = [m.name.rsplit(".", 1)[-1] for m in inv.modules if m.scope in ("embedding", "head")]

@@ -60,6 +60,9 @@ _CODES: tuple[CheckCode, ...] = (
     CheckCode("adapter-quantized", (_E,), "dtypes", "adapter weights are quantized or integer"),
     CheckCode("qlora-fp4", (_W,), "dtypes", "4-bit quantization with fp4 instead of nf4"),
     CheckCode("qlora-compute-dtype", (_W, _I), "dtypes", "4-bit compute dtype fp32 or fp16 where bf16 is available"),
+    # moe_quant.py
+    CheckCode("qlora-moe-experts-unquantized", (_W,), "dtypes",
+              "QLoRA leaves most of an MoE's weights (fused 3-D experts) unquantized"),
     # tokenizer.py
     CheckCode("pad-is-eos", (_W,), "tokenizer", "pad token equals eos token"),
     CheckCode("pad-missing", (_W,), "tokenizer", "tokenizer has no pad token"),

@@ -26,6 +26,25 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "opt": dict(model_type="opt", hidden_size=128, ffn_dim=512, num_hidden_layers=2, num_attention_heads=4,
                 vocab_size=4096, max_position_embeddings=2048, word_embed_proj_dim=128, dropout=0.0,
                 pad_token_id=1, bos_token_id=2, eos_token_id=2),
+    # issue 12: the models people fine-tune now, and config dropouts left at their defaults
+    "qwen3": dict(model_type="qwen3", hidden_size=128, intermediate_size=352, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=4096,
+                  max_position_embeddings=2048),
+    "gemma3-text": dict(model_type="gemma3_text", hidden_size=128, intermediate_size=352, num_hidden_layers=3,
+                        num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=4096,
+                        sliding_window=128, sliding_window_pattern=3, max_position_embeddings=2048),
+    "qwen3-moe": dict(model_type="qwen3_moe", hidden_size=128, intermediate_size=352, moe_intermediate_size=96,
+                      num_experts=8, num_experts_per_tok=2, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=32, vocab_size=4096, max_position_embeddings=2048),
+    "olmo2": dict(model_type="olmo2", hidden_size=128, intermediate_size=344, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=4, vocab_size=4096, max_position_embeddings=2048,
+                  pad_token_id=1, bos_token_id=None, eos_token_id=0),
+    "smollm3": dict(model_type="smollm3", hidden_size=128, intermediate_size=344, num_hidden_layers=4,
+                    num_attention_heads=4, num_key_value_heads=2, vocab_size=4096, max_position_embeddings=2048,
+                    pad_token_id=0, bos_token_id=0, eos_token_id=0),
+    "gpt2-dropout": dict(model_type="gpt2", n_embd=128, n_layer=2, n_head=4, vocab_size=4096, n_positions=1024),
+    "bert-dropout": dict(model_type="bert", hidden_size=128, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=4, vocab_size=4096, max_position_embeddings=512),
 }
 
 
@@ -64,6 +83,18 @@ CASES: tuple[Case, ...] = (
     Case("phi3 full bf16 sgd +gc", "phi3", _s(mode="full", optim="sgd", seq_len=256, batch_size=2, gradient_checkpointing=True)),
     Case("opt lora q,v bf16", "opt", _s(mode="lora", target_modules=QV, seq_len=256, batch_size=2)),
     Case("opt full fp32 adamw", "opt", _s(mode="full", dtype="fp32", seq_len=256, batch_size=2)),
+    Case("qwen3 lora all-linear bf16", "qwen3", _s(mode="lora", target_modules="all-linear", seq_len=256, batch_size=2)),
+    Case("qwen3 full bf16 adamw", "qwen3", _s(mode="full", seq_len=256, batch_size=2)),
+    Case("gemma3-text lora all-linear bf16", "gemma3-text", _s(mode="lora", target_modules="all-linear", seq_len=256, batch_size=2)),
+    Case("gemma3-text full bf16 adamw", "gemma3-text", _s(mode="full", seq_len=256, batch_size=2)),
+    Case("qwen3-moe lora all-linear bf16", "qwen3-moe", _s(mode="lora", target_modules="all-linear", seq_len=256, batch_size=2)),
+    Case("qwen3-moe full bf16 adamw", "qwen3-moe", _s(mode="full", seq_len=256, batch_size=2)),
+    Case("olmo2 lora all-linear bf16", "olmo2", _s(mode="lora", target_modules="all-linear", seq_len=256, batch_size=2)),
+    Case("smollm3 lora all-linear bf16", "smollm3", _s(mode="lora", target_modules="all-linear", seq_len=256, batch_size=2)),
+    Case("gpt2 dropout 0.1 lora c_attn bf16", "gpt2-dropout", _s(mode="lora", target_modules=["c_attn"], seq_len=256, batch_size=2)),
+    Case("gpt2 dropout 0.1 full fp32 adamw", "gpt2-dropout", _s(mode="full", dtype="fp32", seq_len=256, batch_size=2)),
+    Case("bert dropout 0.1 full fp32 adamw", "bert-dropout", _s(mode="full", dtype="fp32", seq_len=256, batch_size=2)),
+    Case("bert dropout 0.1 lora query,value bf16", "bert-dropout", _s(mode="lora", target_modules=["query", "value"], seq_len=256, batch_size=2)),
 )
 
 

@@ -42,43 +42,45 @@ class _RandomTokens(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
-def build_model(config: Any, settings: PlanSettings, workdir: str, auto_class: str = "AutoModelForCausalLM",
+def build_model(config: Any, settings: PlanSettings, workdir: str, auto_class: str | None = None,
                 task_type: str | None = "CAUSAL_LM") -> Any:
     """The model as a user would have it before ``Trainer``: loaded, wrapped by peft when LoRA/QLoRA."""
     import transformers
     from transformers import BitsAndBytesConfig
 
-    AutoModelForCausalLM = getattr(transformers, auto_class)  # noqa: N806 (multimodal: lora_doctor.measure.multimodal)
+    from ..introspect import auto_class_for
 
+    # causal LM by default; masked LM for BERT-style encoders; multimodal classes from lora_doctor.measure.multimodal
+    auto = getattr(transformers, auto_class or auto_class_for(config))
     torch.manual_seed(0)
     dtype = torch_dtype(settings.dtype)
     config._attn_implementation = settings.attn_implementation
     if settings.mode == "qlora":
-        AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(workdir)
+        auto.from_config(config, dtype=dtype).save_pretrained(workdir)
         bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=settings.quant_type,
                                  bnb_4bit_use_double_quant=settings.double_quant,
                                  bnb_4bit_compute_dtype=torch.bfloat16 if settings.dtype != "fp16" else torch.float16)
-        model = AutoModelForCausalLM.from_pretrained(workdir, quantization_config=bnb, dtype=dtype,
+        model = auto.from_pretrained(workdir, quantization_config=bnb, dtype=dtype,
                                                      attn_implementation=settings.attn_implementation,
                                                      device_map={"": "cpu"})
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=settings.gradient_checkpointing)
     else:
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = auto.from_config(config, dtype=dtype)
     if settings.mode in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
         targets = settings.target_modules
         lora = LoraConfig(r=settings.r, lora_alpha=settings.lora_alpha, target_modules=targets,
                           use_rslora=settings.use_rslora, lora_dropout=settings.lora_dropout,
-                          task_type=task_type)
+                          task_type=task_type if auto.__name__ in ("AutoModelForCausalLM", auto_class) else None)
         model = get_peft_model(model, lora)
     return model
 
 
 def measure_training(config: Any, settings: PlanSettings, *, steps: int = 2, dataset: Any = None,
-                     auto_class: str = "AutoModelForCausalLM", task_type: str | None = "CAUSAL_LM",
+                     auto_class: str | None = None, task_type: str | None = "CAUSAL_LM",
                      collator: Any = None) -> MeasuredRun:
     """Build the model, run ``steps`` Trainer steps under a StorageTracker and return the peak.
 

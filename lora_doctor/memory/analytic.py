@@ -19,7 +19,7 @@ from typing import Mapping
 
 from ..arch import ArchSpec
 from ..plan_types import PlanSettings
-from . import activations
+from . import activations, layer_terms
 from .persistent import persistent_terms
 from .tables import CUBLAS_WORKSPACE_BYTES, DTYPE_BYTES
 from .targets import targeted_families
@@ -61,39 +61,86 @@ def _autocast_weight_cache(arch: ArchSpec, s: PlanSettings, dt: activations.Dtyp
     return (sum(f.weight_params for f in fams) + tied_head) * dt.autocast
 
 
+def _estimate(arch: ArchSpec, s: PlanSettings, targeted: list, device: str) -> activations.ActivationEstimate:
+    return activations.estimate(arch, seq_len=s.seq_len, full=s.mode == "full",
+                                targeted={f.example for f in targeted}, r=s.r, dt=_dtypes(s),
+                                attn=s.attn_implementation, lora_dropout=s.lora_dropout, device=device)
+
+
+def _loss_forward_per_token(arch: ArchSpec, s: PlanSettings, dt: activations.DtypeContext) -> float:
+    """Logits-and-loss bytes per token alive at the end of forward (before the loss backward)."""
+    logit_bytes = dt.autocast or (4 if s.mode == "qlora" else DTYPE_BYTES[s.dtype])
+    per = arch.vocab_size * (logit_bytes + 8 if logit_bytes != 4 else 8)
+    if arch.extra.get("final_logit_softcapping"):  # Gemma-2: tanh(logits / cap) * cap keeps the tanh output
+        per += arch.vocab_size * logit_bytes
+    return per
+
+
+def recipe_regions(arch: ArchSpec, s: PlanSettings, device: str = "cuda") -> dict[str, layer_terms.Term]:
+    """The recipe's saved bytes per region, in the (a, q, e) basis of :mod:`.layer_terms`."""
+    targeted = [] if s.mode == "full" else targeted_families(arch, s.target_modules)
+    est = _estimate(arch, s, targeted, device)
+    shared_per_token = est.shared_bytes / max(s.seq_len, 1)   # recipe: rope tables per sequence of the batch
+    return {"layer": (est.per_layer_tokens, est.quadratic_per_layer, 0.0, 0.0),
+            "first": (-est.first_layer_discount, 0.0, 0.0, 0.0),
+            "outside": (est.outside_tokens + shared_per_token, 0.0, 0.0, 0.0),
+            "logits": (_loss_forward_per_token(arch, s, _dtypes(s)), 0.0, 0.0, 0.0)}
+
+
+def recipe_trainable(arch: ArchSpec, s: PlanSettings) -> tuple[float, float]:
+    """Adapter parameters the recipe counts per layer (block families) and outside the layers."""
+    if s.mode == "full":
+        return 0.0, 0.0
+    targeted = targeted_families(arch, s.target_modules)
+    L = max(arch.num_layers, 1)
+    per_layer = sum(s.r * (f.in_features + f.out_features) * f.count for f in targeted if f.scope == "blocks") / L
+    outside = sum(s.r * (f.in_features + f.out_features) * f.count for f in targeted if f.scope != "blocks")
+    return per_layer, outside
+
+
 def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda") -> PhaseTotals:
-    """Tensor-memory peak of one training step; pure arithmetic on ``arch`` and ``s``."""
+    """Tensor-memory peak of one training step; pure arithmetic on ``arch`` and ``s``.
+
+    The recipe's saved activations are corrected by the trace-derived residual of
+    :mod:`.layer_terms` when the arch has one for this setting class.
+    """
     full = s.mode == "full"
     targeted = [] if full else targeted_families(arch, s.target_modules)
+    res = layer_terms.lookup(arch, s, device)
     pers = persistent_terms(arch, mode=s.mode, dtype=s.dtype, targeted=targeted, r=s.r, optim=s.optim,
-                            double_quant=s.double_quant, device=device)
+                            double_quant=s.double_quant, device=device,
+                            extra_adapter_params=res.extra_trainable() if res is not None else 0)
     dt = _dtypes(s)
-    est = activations.estimate(arch, seq_len=s.seq_len, full=full, targeted={f.example for f in targeted},
-                               r=s.r, dt=dt, attn=s.attn_implementation, lora_dropout=s.lora_dropout,
-                               device=device)
+    est = _estimate(arch, s, targeted, device)
     b, seq, L, V = s.batch_size, s.seq_len, max(arch.num_layers, 1), arch.vocab_size
     T = b * seq
     layer_tokens = est.per_layer_tokens + est.quadratic_per_layer * seq
-    one_layer = T * layer_tokens
+    kinds = list(res.layer_kinds) if res is not None and len(res.layer_kinds) == L else [0] * L
+    by_kind = {k: T * layer_tokens + (res.term(res.layers[k], T, seq) if res is not None and k < len(res.layers)
+                                      else 0.0) for k in set(kinds)}
+    one_layer = max(by_kind.values())
+    outside = T * est.outside_tokens + est.shared_bytes * b + (res.term(res.outside, T, seq) if res else 0.0)
     if s.gradient_checkpointing:
-        saved = T * (L * arch.hidden_size * dt.stream + est.outside_tokens)
+        saved = T * L * arch.hidden_size * dt.stream + outside
         recompute = one_layer  # the block being recomputed during backward
     else:
-        saved = T * (L * layer_tokens - est.first_layer_discount + est.outside_tokens)
+        first = -T * est.first_layer_discount + (res.term(res.first, T, seq) if res else 0.0)
+        saved = sum(by_kind[k] for k in kinds) + first + outside
         recompute = 0
-    saved += est.shared_bytes * b
-    saved += _autocast_weight_cache(arch, s, dt)
+    if res is None or not res.autocast:  # a residual derived under autocast already holds the copies
+        saved += _autocast_weight_cache(arch, s, dt)
     logit_bytes = dt.autocast or (4 if s.mode == "qlora" else DTYPE_BYTES[s.dtype])
-    loss_fwd = T * V * (logit_bytes + 8 if logit_bytes != 4 else 8)
-    loss_bwd = max(T * V * 12, T * V * (4 + logit_bytes) + pers.head_gradient)
+    logits_residual = res.term(res.logits, T, seq) if res else 0.0
+    loss_fwd = T * _loss_forward_per_token(arch, s, dt) + logits_residual
+    # what the trace saw beyond the recipe at the end of forward stays alive into the loss backward
+    loss_bwd = max(T * V * 12, T * V * (4 + logit_bytes) + pers.head_gradient) + max(logits_residual, 0.0)
     if arch.extra.get("loss_in_logits_dtype"):  # Whisper: CrossEntropyLoss on the logits as they are, no fp32 copy
         loss_fwd = 2 * T * V * logit_bytes                           # logits + log-softmax
         loss_bwd = max(3 * T * V * logit_bytes, 2 * T * V * logit_bytes + pers.head_gradient)  # + the gradients
-    if arch.extra.get("final_logit_softcapping"):  # Gemma-2: tanh(logits / cap) * cap keeps the tanh output
-        loss_fwd += T * V * logit_bytes
+    if arch.extra.get("final_logit_softcapping"):
         loss_bwd += T * V * logit_bytes
     loss_peak = max(loss_fwd, loss_bwd)
-    dequant = pers.largest_linear_params * 2 if s.mode == "qlora" else 0
+    dequant = pers.largest_quantized_params * 2 if s.mode == "qlora" else 0
     transient = int(T * est.transient_tokens) + dequant
 
     workspace = CUBLAS_WORKSPACE_BYTES if device == "cuda" else 0

@@ -38,6 +38,7 @@ class Persistent:
     largest_linear_params: int
     quantized_params: int
     notes: tuple[str, ...] = ()
+    largest_quantized_params: int = 0   # the one 4-bit weight dequantized at a time (QLoRA); not the head
 
 
 def lora_params(families: list[LinearFamily], r: int) -> int:
@@ -45,7 +46,9 @@ def lora_params(families: list[LinearFamily], r: int) -> int:
 
 
 def persistent_terms(arch: ArchSpec, *, mode: str, dtype: str, targeted: list[LinearFamily], r: int,
-                     optim: str, double_quant: bool, device: str = "cuda") -> Persistent:
+                     optim: str, double_quant: bool, device: str = "cuda", extra_adapter_params: int = 0) -> Persistent:
+    """``extra_adapter_params``: adapter parameters beyond the linear families (peft's LoRA on fused
+    MoE expert parameters), from the trace-derived terms of :mod:`.layer_terms`."""
     load = DTYPE_BYTES[dtype]
     notes: list[str] = []
     quantizable = [f for f in arch.linear_families if f.scope != "head"]
@@ -63,8 +66,9 @@ def persistent_terms(arch: ArchSpec, *, mode: str, dtype: str, targeted: list[Li
             notes.append("MoE experts stored as 3-D parameters are not quantized by bitsandbytes (only nn.Linear is)")
     else:
         weights, qstate, q_weight = arch.total_params * load, 0, 0
+    weights += arch.buffer_bytes  # buffers keep their own dtypes (fp32 rope tables, bool masks)
 
-    adapter_params = lora_params(targeted, r) if mode != "full" else 0
+    adapter_params = lora_params(targeted, r) + extra_adapter_params if mode != "full" else 0
     adapters = adapter_params * 4
     if mode == "full":
         trainable, grad_bytes = arch.total_params, load
@@ -88,4 +92,5 @@ def persistent_terms(arch: ArchSpec, *, mode: str, dtype: str, targeted: list[Li
     else:
         scratch = int(spec.scratch_copies * trainable * state_bytes)
     return Persistent(int(weights), qstate, adapters, int(gradients), states, scratch, int(trainable),
-                      adapter_params, int(head_grad), largest, q_weight, tuple(notes))
+                      adapter_params, int(head_grad), largest, q_weight, tuple(notes),
+                      max((f.in_features * f.out_features for f in quantizable), default=0) if mode == "qlora" else 0)

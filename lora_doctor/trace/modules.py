@@ -20,7 +20,10 @@ def module_scope(model: nn.Module, set_module: Callable[[str], None]) -> Iterato
     stack: list[str] = []
 
     def pre(module: nn.Module, args: Any) -> None:
-        stack.append(names.get(id(module), type(module).__name__))
+        name = names.get(id(module))
+        if name is None:  # a module made on the fly (peft's _LoraFactorsProxy): inside its caller
+            name = f"{stack[-1]}.{type(module).__name__}" if stack else type(module).__name__
+        stack.append(name)
         set_module(stack[-1])
 
     def post(module: nn.Module, args: Any, output: Any) -> None:

@@ -16,6 +16,27 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+def _grouped_mm_for_fake(original: Any) -> Any:
+    """MoE experts in fp32 (QLoRA: ``prepare_model_for_kbit_training`` upcasts the unquantized 3-D expert
+    weights) take transformers' own fallback kernel: torch's fake ``grouped_mm`` accepts only bf16,
+    while CUDA's kernel runs fp32 too. Same output and saved tensors (input, weight), so same memory."""
+    import torch
+
+    def can_use(input: Any, weight: Any, offs: Any) -> bool:
+        return weight.dtype == torch.bfloat16 and input.dtype == torch.bfloat16 and original(input, weight, offs)
+
+    return can_use
+
+
+def _moe_decision() -> tuple[str, str, Any] | None:
+    try:
+        from transformers.integrations import moe
+    except ImportError:  # older transformers: no grouped experts
+        return None
+    original = getattr(moe, "_can_use_grouped_mm", None)
+    return ("transformers.integrations.moe", "_can_use_grouped_mm", _grouped_mm_for_fake(original)) if original else None
+
+
 # (module, attribute, replacement): what a real run on an unpadded, unpacked batch computes.
 _DECISIONS: tuple[tuple[str, str, Any], ...] = (
     ("transformers.masking_utils", "find_packed_sequence_indices", lambda position_ids: None),
@@ -45,6 +66,48 @@ def _sdpa_as_on_cuda(original: Any) -> Any:
     return sdpa
 
 
+def _dropout_as_on_cuda(original: Any) -> Any:
+    """Dropout as CUDA runs it: ``native_dropout`` keeps a 1-byte bool mask for backward.
+
+    On CPU, ``F.dropout`` multiplies by a noise tensor of the input's dtype instead; the trace models
+    a GPU run, so the masks it saves must be CUDA's (config dropouts, peft's ``lora_dropout``).
+    """
+    import torch
+
+    def dropout(input: Any, p: float = 0.5, training: bool = True, inplace: bool = False) -> Any:
+        if not training or p == 0 or inplace:
+            return original(input, p, training, inplace)
+        return torch.native_dropout(input, p, True)[0]
+
+    return dropout
+
+
+# Third-party loggers a trace can trigger (torch's fake-tensor error log before a fallback,
+# transformers' and peft's advice about a model built for a trace): none may reach the terminal.
+_QUIET_LOGGERS = ("torch._subclasses.fake_tensor", "torch._subclasses", "torch.utils._python_dispatch",
+                  "transformers", "peft", "bitsandbytes", "accelerate")
+
+
+@contextmanager
+def quiet_third_party() -> Iterator[None]:
+    """Silence third-party logging and warnings while the real model code runs for a trace."""
+    import logging
+    import warnings
+
+    saved = []
+    for name in _QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level))
+        logger.setLevel(logging.CRITICAL + 1)  # children at NOTSET inherit it
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
+
+
 @contextmanager
 def real_batch_decisions(cuda_kernels: bool = True) -> Iterator[None]:
     """Patch the value-dependent decisions; with ``cuda_kernels`` also SDPA's kernel choice."""
@@ -53,11 +116,15 @@ def real_batch_decisions(cuda_kernels: bool = True) -> Iterator[None]:
 
     saved = []
     decisions = list(_DECISIONS)
+    moe = _moe_decision()
+    if moe is not None:
+        decisions.append(moe)
     if cuda_kernels:
         import torch.nn.functional as F
 
         decisions.append(("torch.nn.functional", "scaled_dot_product_attention",
                           _sdpa_as_on_cuda(F.scaled_dot_product_attention)))
+        decisions.append(("torch.nn.functional", "dropout", _dropout_as_on_cuda(F.dropout)))
     decisions += [(name, "torch_compilable_check", _skip_check) for name in _PLACEHOLDER_CHECKS
                   if name in sys.modules]   # loaded when the model was built; never imported here
     for module_name, attr, replacement in decisions:

@@ -16,7 +16,7 @@ from ..torch_dtypes import torch_dtype as dtype_of
 from .build import build_model
 from .inputs import look_ahead, trace_batch
 from .modules import module_scope
-from .patches import real_batch_decisions
+from .patches import quiet_third_party, real_batch_decisions
 from .step import PAGED, make_optimizer, prime_optimizer, optimizer_state_tensors, run_training_steps
 from ..measure.timeline import StorageRecord, StorageTimeline, replay
 
@@ -65,10 +65,11 @@ class TraceResult:
     ops: int = 0
     seconds: float = 0.0
     fake: bool = True
+    timeline: Any = field(default=None, repr=False)   # the StorageTimeline, with keep_timeline=True
 
 
 def trace_step(resolved: ResolvedModel, settings: PlanSettings, *, fake: bool = True, steps: int = 1,
-               prime: bool = True, foreach: bool = True) -> TraceResult:
+               prime: bool = True, foreach: bool = True, keep_timeline: bool = False) -> TraceResult:
     # foreach=True means "as on CUDA": foreach optimizer/clipping and CUDA's SDPA memory behaviour.
     """Build the model (fake tensors unless ``fake=False``), run ``steps`` Trainer steps, replay the log.
 
@@ -76,6 +77,13 @@ def trace_step(resolved: ResolvedModel, settings: PlanSettings, *, fake: bool = 
     :func:`~lora_doctor.trace.step.prime_optimizer`), so one traced step sees them; the CPU benchmark
     checks this against two real steps without priming (``steps=2, prime=False``).
     """
+    with quiet_third_party():
+        return _trace_step(resolved, settings, fake=fake, steps=steps, prime=prime, foreach=foreach,
+                           keep_timeline=keep_timeline)
+
+
+def _trace_step(resolved: ResolvedModel, settings: PlanSettings, *, fake: bool, steps: int, prime: bool,
+                foreach: bool, keep_timeline: bool) -> TraceResult:
     start = time.perf_counter()
     gc.collect()
     fake_mode = None
@@ -132,7 +140,7 @@ def trace_step(resolved: ResolvedModel, settings: PlanSettings, *, fake: bool = 
                      [r for r in result.alive_at_peak if r.op != "register"][:TOP_N]],
         total_params=resolved.arch.total_params, trainable_params=int(trainable),
         targets=built.targets, notes=notes, ops=timeline.ops_seen,
-        seconds=time.perf_counter() - start, fake=fake,
+        seconds=time.perf_counter() - start, fake=fake, timeline=timeline if keep_timeline else None,
     )
 
 

@@ -1,0 +1,264 @@
+"""Derive the per-layer-kind corrections of :mod:`.layer_terms` from traces of the real model code.
+
+For one setting class, the model is rebuilt with just enough layers to contain every layer kind
+past the first layer (a *window*: 2 layers for uniform models, the first pattern period for
+sliding/global alternations or dense/MoE mixes), at full width, and one forward pass is traced on
+fake tensors (:mod:`lora_doctor.trace`) at four shapes: (batch, seq) = (1, S), (2, S), (1, 2S), (2, 2S),
+with S below the sliding window, and again above it when the model has one.
+Everything alive when backward starts is what autograd saved; each storage is attributed to the
+region whose module created it (layer ``i``, outside the layers, or the logits). Solving the four
+shapes for ``a * tokens + q * tokens * seq + e * seq + c`` per region, and subtracting the recipe's own
+numbers (:func:`lora_doctor.memory.analytic.recipe_regions`), gives the residual the engine adds.
+
+Imports torch; :func:`derive_terms` is what ``scripts/build_catalog.py`` stores as
+``ArchSpec.derived`` so that planning a catalog model stays torch-free.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import replace
+from typing import Any, Iterable
+
+from ..arch import ArchSpec
+from ..plan_types import PlanSettings
+from . import layer_terms
+from .analytic import recipe_regions
+
+SEQ = 64                       # S of the traced shapes (batch, seq): (1, S), (2, S), (1, 2S), (2, 2S)
+PERSISTENT = ("weights", "adapters", "quantization_state", "optimizer_states",
+              "paged_optimizer_states", "gradients", "inputs")
+# Setting classes the catalog stores (coarse keys): what users run most.
+CATALOG_SETTINGS: tuple[PlanSettings, ...] = (
+    PlanSettings(mode="lora", target_modules="all-linear"),
+    PlanSettings(mode="qlora", target_modules="all-linear"),
+    PlanSettings(mode="qlora", target_modules="all-linear", mixed_precision="bf16"),
+    PlanSettings(mode="full"),
+    PlanSettings(mode="full", dtype="fp32", mixed_precision="bf16"),
+)
+
+
+def derive_terms(model_or_config: Any, settings: Iterable[PlanSettings] = CATALOG_SETTINGS, *,
+                 device: str = "cuda", fine: bool = False, regime: bool | None = None) -> dict:
+    """``ArchSpec.derived`` for a config (PretrainedConfig, dict with model_type, or ResolvedModel).
+
+    Classes whose trace fails are left out (the engine then uses the recipe alone for them).
+    """
+    from ..models import ResolvedModel, resolve
+
+    resolved = model_or_config if isinstance(model_or_config, ResolvedModel) else resolve(model_or_config)
+    config = resolved.config()
+    kinds = layer_kinds(resolved.meta_model(), resolved.arch.num_layers)
+    out: dict[str, Any] = {"version": layer_terms.VERSION, "layer_kinds": kinds, "classes": {}}
+    window = _window_resolved(config, kinds)
+    regimes = (False, True) if _window_of(resolved.arch) else (False,)
+    for s in settings:
+        for long in regimes if regime is None else (regime,):
+            key = layer_terms.fine_key(s, device, long) if fine else layer_terms.coarse_key(s, device, long)
+            try:
+                out["classes"][key] = _residual(window, kinds, s, device, _seq_for(resolved.arch, long))
+            except Exception:  # third-party model code that cannot run on fake tensors: recipe only
+                continue
+    return out
+
+
+def _window_of(arch: ArchSpec) -> int:
+    w = arch.extra.get("sliding_window")
+    return w if isinstance(w, int) and not isinstance(w, bool) and w > 0 else 0
+
+
+def _seq_for(arch: ArchSpec, long: bool) -> int:
+    """S for a regime: all four shapes within the sliding window, or all beyond it."""
+    w = _window_of(arch)
+    if not w:
+        return SEQ
+    return w + SEQ if long else max(min(SEQ, w // 2), 8)
+
+
+_MEMO: dict[tuple[str, str], "dict | None"] = {}   # (config json, fine key) -> derived terms
+
+
+def derive_for_arch(config: Any) -> layer_terms.Deriver:
+    """A deriver for :func:`layer_terms.attach_deriver`: derives one exact class per call, memoized
+    per process on the config's JSON (the same tiny config planned twice is traced once)."""
+    config = copy.deepcopy(config)
+    try:
+        ident = config.to_json_string(use_diff=False)
+    except Exception:  # an odd config that does not serialize: memoize per arch only
+        ident = str(id(config))
+
+    def derive(arch: ArchSpec, s: PlanSettings, device: str) -> dict | None:
+        long = layer_terms.long_regime(arch, s.seq_len)
+        key = (ident, layer_terms.fine_key(s, device, long))
+        if key not in _MEMO:
+            got = derive_terms(_resolved_for(config, arch), [s], device=device, fine=True, regime=long)
+            _MEMO[key] = got if got["classes"] else None
+        return _MEMO[key]
+
+    return derive
+
+
+def _resolved_for(config: Any, arch: ArchSpec) -> Any:
+    from ..models import ResolvedModel
+
+    return ResolvedModel(getattr(config, "_name_or_path", "") or arch.model_type, "config", arch,
+                         _config=copy.deepcopy(config))
+
+
+def layer_kinds(model: Any, num_layers: int) -> list[int]:
+    """Kind of each decoder layer: layers with the same modules, shapes and layer type share one."""
+    layers = _layer_list(model, num_layers)
+    if layers is None:
+        return [0] * max(num_layers, 1)
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    types = getattr(text, "layer_types", None)
+    seen: dict[tuple, int] = {}
+    kinds = []
+    for i, layer in enumerate(layers):
+        sig = tuple((name, type(m).__name__, tuple(tuple(p.shape) for p in m.parameters(recurse=False)))
+                    for name, m in layer.named_modules())
+        if isinstance(types, (list, tuple)) and i < len(types):
+            sig += (str(types[i]),)
+        kinds.append(seen.setdefault(sig, len(seen)))
+    return kinds
+
+
+def _layer_list(model: Any, num_layers: int) -> Any:
+    import torch.nn as nn
+
+    found = [(name, m) for name, m in model.named_modules()
+             if isinstance(m, nn.ModuleList) and len(m) == num_layers and num_layers > 0]
+    return found[0][1] if found else None
+
+
+def _window_size(kinds: list[int]) -> int:
+    """Fewest leading layers in which every kind (past layer 0) appears at an index >= 1."""
+    if len(kinds) <= 2:
+        return len(kinds)
+    need = 2
+    for k in set(kinds):
+        later = [i for i, kk in enumerate(kinds) if kk == k and i >= 1]
+        if later:
+            need = max(need, later[0] + 1)
+    return need
+
+
+def _window_resolved(config: Any, kinds: list[int]) -> Any:
+    """A ResolvedModel of the first ``n`` layers (lists of per-layer values cut to ``n``)."""
+    from ..introspect import arch_from_model, build_meta_model
+    from ..models import ResolvedModel
+
+    n, full = _window_size(kinds), len(kinds)
+    cfg = copy.deepcopy(config)
+    if n < full:
+        text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        for name, value in list(vars(text).items()):
+            if isinstance(value, (list, tuple)) and len(value) == full and name != "architectures":
+                setattr(text, name, type(value)(value[:n]))
+        text.num_hidden_layers = n
+        try:
+            model = build_meta_model(cfg)
+            ok = layer_kinds(model, n) == _renumber(kinds[:n])
+        except Exception:
+            ok = False
+        if not ok:  # the pattern did not survive the cut: trace every layer
+            cfg, n = copy.deepcopy(config), full
+    model = build_meta_model(cfg)
+    return ResolvedModel(getattr(cfg, "_name_or_path", "") or cfg.model_type, "config",
+                         arch_from_model(model, cfg), _config=cfg)
+
+
+def _renumber(kinds: list[int]) -> list[int]:
+    seen: dict[int, int] = {}
+    return [seen.setdefault(k, len(seen)) for k in kinds]
+
+
+def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: int) -> dict:
+    """Trace the window at the four shapes, solve each region for (a, q, e, c), subtract the recipe."""
+    from .analytic import recipe_trainable
+
+    n = window.arch.num_layers
+    wkinds = _renumber(kinds[:n])
+    shapes = ((1, seq), (2, seq), (1, 2 * seq), (2, 2 * seq))
+    samples, trainable = _saved_by_region(window, replace(s, gradient_checkpointing=False), shapes, device, n)
+    regions = {r for smp in samples for r in smp}
+    solved = {r: _solve([smp.get(r, 0.0) for smp in samples], seq) for r in regions}
+    recipe = recipe_regions(window.arch, replace(s, batch_size=1, seq_len=seq), device)
+    zero = (0.0, 0.0, 0.0, 0.0)
+    to_model = {wk: k for wk, k in zip(wkinds, kinds[:n])}  # window kind ids -> the model's
+    layers: dict[int, list] = {}
+    for i in range(1, n):
+        layers.setdefault(to_model[wkinds[i]], []).append(solved.get(f"layer{i}", zero))
+    kind0 = kinds[0]
+    layer0 = solved.get("layer0", zero)
+    if not layers.get(kind0):  # layer 0's kind appears only there: it is that kind's sample
+        layers[kind0] = [_sub(layer0, recipe["first"])]
+    first = _sub(_sub(layer0, _mean(layers[kind0])), recipe["first"])
+    residual_layers = [list(_sub(_mean(layers[k]), recipe["layer"])) if layers.get(k) else list(zero)
+                       for k in range(max(kinds) + 1)]
+    # trainable parameters beyond the recipe's linear families, per kind and outside the layers
+    per_layer, outside = recipe_trainable(window.arch, s)
+    by_layer: dict[int, list[float]] = {}
+    for i in range(n):
+        by_layer.setdefault(to_model[wkinds[i]], []).append(trainable.get(f"layer{i}", 0) - per_layer)
+    extra = [sum(by_layer[k]) / len(by_layer[k]) if by_layer.get(k) else 0.0 for k in range(max(kinds) + 1)]
+    extra.append(trainable.get("outside", 0) - outside)
+    return {"layers": residual_layers, "first": list(first),
+            "outside": list(_sub(solved.get("outside", zero), recipe["outside"])),
+            "logits": list(_sub(solved.get("logits", zero), recipe["logits"])),
+            "trainable": [0.0] * len(extra) if s.mode == "full" else extra}
+
+
+def _solve(v: list[float], seq: int) -> tuple[float, float, float, float]:
+    """(a, q, e, c) from bytes at (1, S), (2, S), (1, 2S), (2, 2S) for a*b*s + q*b*s^2 + e*s + c."""
+    A, B, C, D = v
+    S = float(seq)
+    q = ((D - C) - 2 * (B - A)) / (2 * S * S)
+    a = (B - A) / S - q * S
+    e = (C - A) / S - a - 3 * q * S
+    c = A - a * S - q * S * S - e * S
+    return (a, q, e, c)
+
+
+def _sub(x: tuple, y: tuple) -> tuple[float, float, float]:
+    return tuple(float(i) - float(j) for i, j in zip(x, y))  # type: ignore[return-value]
+
+
+def _mean(terms: list) -> tuple[float, float, float, float]:
+    return tuple(sum(t[i] for t in terms) / len(terms) for i in range(4))  # type: ignore[return-value]
+
+
+_LAYER_INDEX = re.compile(r"\.(\d+)(?:\.|$)")
+
+
+def _region(path: str, prefix: str | None, num_layers: int) -> str:
+    if prefix and (path + ".").startswith(prefix + "."):
+        m = _LAYER_INDEX.match(path[len(prefix):])
+        if m and int(m.group(1)) < num_layers:
+            return f"layer{m.group(1)}"
+    return "outside"
+
+
+def _saved_by_region(resolved: Any, s: PlanSettings, shapes: tuple, device: str, num_layers: int
+                     ) -> tuple[list[dict[str, float]], dict[str, int]]:
+    """Per shape, bytes alive at the start of backward (saved for it) by region (layer<i>, outside,
+    logits); and trainable parameters by region."""
+    from ..trace.profile import saved_at_backward_start
+
+    per_shape, layers_prefix, params = saved_at_backward_start(resolved, s, shapes, foreach=device == "cuda")
+    trainable: dict[str, int] = {}
+    for name, numel in params.items():
+        region = _region(name, layers_prefix, num_layers)
+        trainable[region] = trainable.get(region, 0) + numel
+    samples = []
+    for records in per_shape:
+        out: dict[str, float] = {}
+        for rec in records:
+            if rec.category in PERSISTENT or rec.op == "register":
+                continue
+            region = "logits" if rec.category == "logits_and_loss" else _region(rec.module, layers_prefix, num_layers)
+            out[region] = out.get(region, 0.0) + rec.nbytes
+        samples.append(out)
+    return samples, trainable

@@ -1,0 +1,107 @@
+"""Trace-derived layer terms: the analytic engine agrees with the trace on modern blocks, layer
+patterns and config dropouts, and the stored terms plan a model without torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lora_doctor.arch import ArchSpec
+from lora_doctor.measure.tiny import tiny_config
+from lora_doctor.memory.analytic import step_peak
+from lora_doctor.memory.tables import CUBLAS_WORKSPACE_BYTES
+from lora_doctor.models import resolve
+from lora_doctor.plan_types import PlanSettings
+
+LORA = PlanSettings(mode="lora", target_modules="all-linear", batch_size=2, seq_len=512)
+
+
+@pytest.fixture(autouse=True)
+def derive_on(monkeypatch):
+    monkeypatch.setenv("LORA_DOCTOR_DERIVE", "1")  # tests/conftest.py turns it off for the other tests
+
+
+def _error(model_type: str, s: PlanSettings, **overrides) -> float:
+    from lora_doctor.trace import trace_step
+
+    resolved = resolve(dict(tiny_config(model_type), **overrides))
+    traced = trace_step(resolved, s).peak_bytes
+    analytic = sum(step_peak(resolved.arch, s).breakdown.values()) - CUBLAS_WORKSPACE_BYTES
+    return analytic / traced - 1
+
+
+@pytest.mark.parametrize("model_type, overrides", [
+    ("qwen3", {}),         # q/k norms
+    ("gemma3_text", {}),   # four norms per layer, sliding window shorter than the sequence (explicit masks)
+    # routed experts at top-k, router logits and aux loss, a dense layer among MoE layers, and peft's
+    # LoRA on fused 3-D experts
+    ("qwen3_moe", {"output_router_logits": True, "mlp_only_layers": [1]}),
+    ("gpt2", {}),          # attention, residual and embedding dropout 0.1 from the config
+])
+def test_analytic_within_3_percent_of_trace(model_type, overrides):
+    assert abs(_error(model_type, LORA, **overrides)) <= 0.03
+
+
+def test_qlora_on_moe_is_traced_not_a_fallback():
+    from lora_doctor.trace import trace_plan
+
+    s = PlanSettings(mode="qlora", target_modules="all-linear", mixed_precision="bf16", batch_size=1, seq_len=128)
+    p = trace_plan(resolve(tiny_config("qwen3_moe")), s)
+    assert p.engine == "trace" and "trace_error" not in p.details
+
+
+def test_trace_fallback_prints_nothing(capfd, monkeypatch):
+    """Code the fake tensors cannot run (torch's fake grouped_mm on fp32 experts, without our routing)
+    falls back to the analytic engine, and torch's fake-tensor error log does not reach the terminal."""
+    from lora_doctor.trace import patches, trace_plan
+
+    monkeypatch.setenv("LORA_DOCTOR_DERIVE", "0")
+    monkeypatch.setattr(patches, "_moe_decision", lambda: None)
+    s = PlanSettings(mode="qlora", target_modules="all-linear", batch_size=1, seq_len=64)
+    p = trace_plan(resolve(tiny_config("qwen3_moe")), s)
+    out, err = capfd.readouterr()
+    assert p.engine == "analytic" and "BF16" in p.details["trace_error"]
+    assert out == "" and err == ""
+
+
+def test_window_covers_layer_patterns():
+    from lora_doctor.memory.derive import _window_size, layer_kinds
+
+    resolved = resolve(dict(tiny_config("gemma3_text"), num_hidden_layers=7))
+    kinds = layer_kinds(resolved.meta_model(), 7)
+    assert kinds == [0, 0, 0, 0, 0, 1, 0]      # five sliding layers, one global, as layer_types says
+    assert _window_size(kinds) == 6
+    assert _window_size([0, 0, 0, 0]) == 2 and _window_size([0, 1, 0, 1]) == 3
+
+
+def test_stored_terms_plan_without_torch(tmp_path):
+    """What the catalog stores (derive_terms) round-trips through JSON and plans in a torch-free process."""
+    from lora_doctor.memory.derive import derive_terms
+
+    resolved = resolve(dict(tiny_config("qwen3"), num_hidden_layers=3))
+    s = PlanSettings(mode="lora", target_modules="all-linear")
+    derived = derive_terms(resolved, [s])
+    assert set(derived["classes"]) == {"lora:bf16:-:sdpa:cuda"}
+    data = dict(resolved.arch.to_dict(), derived=derived)
+    stored = ArchSpec.from_dict(json.loads(json.dumps(data)))
+    expected = sum(step_peak(stored, PlanSettings(mode="lora", target_modules=["q_proj"], seq_len=2048)).breakdown.values())
+    path = tmp_path / "arch.json"
+    path.write_text(json.dumps(data))
+    code = ("import sys, json; sys.modules['torch'] = None\n"
+            "from lora_doctor.arch import ArchSpec\nfrom lora_doctor.memory.analytic import step_peak\n"
+            "from lora_doctor.plan_types import PlanSettings\n"
+            f"arch = ArchSpec.from_dict(json.load(open({str(path)!r})))\n"
+            "s = PlanSettings(mode='lora', target_modules=['q_proj'], seq_len=2048)\n"
+            "print(sum(step_peak(arch, s).breakdown.values()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(out.stdout) == expected
+
+
+def test_old_catalog_entries_without_derived_terms_still_load():
+    data = resolve(tiny_config("llama")).arch.to_dict()
+    data.pop("derived")
+    arch = ArchSpec.from_dict(data)
+    assert arch.derived == {} and step_peak(arch, PlanSettings(mode="lora", target_modules="all-linear")).breakdown
