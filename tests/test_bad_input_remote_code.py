@@ -126,13 +126,15 @@ def test_debug_stream_routes_third_party_output(capsys):
 
 
 def test_moe_qlora_trace_output_is_lora_doctors_own(tmp_path, capsys):
-    """torch logs a fake-tensor traceback before the trace falls back (MoE grouped_mm in 4-bit), and peft
-    and transformers warn: none of it reaches the CLI output without -v."""
+    """The MoE QLoRA trace used to print torch's fake-tensor traceback before falling back; it now runs (fp32
+    experts through transformers' fallback kernel) and neither torch, peft nor transformers reaches the CLI
+    output, with or without -v (test_debug_stream_routes_third_party_output covers what -v shows)."""
     config = {"model_type": "mixtral", **LLAMA, "num_local_experts": 4, "num_experts_per_tok": 2}
     (tmp_path / "config.json").write_text(json.dumps(config))
     argv = ["plan", str(tmp_path), "--trace", "--mode", "qlora", "--seq-len", "32", "--target-modules", "all-linear"]
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert captured.err == "" and "Traceback" not in captured.out
+    assert "trace failed" not in captured.out
     assert main([*argv, "-v"]) == 0
-    assert capsys.readouterr().err.strip()  # the debug stream has the third-party output
+    assert "Traceback" not in capsys.readouterr().err
