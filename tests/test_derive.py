@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import lora_doctor
 from lora_doctor.arch import ArchSpec
 from lora_doctor.measure.tiny import tiny_config
 from lora_doctor.memory.analytic import step_peak
@@ -105,3 +106,16 @@ def test_old_catalog_entries_without_derived_terms_still_load():
     data.pop("derived")
     arch = ArchSpec.from_dict(data)
     assert arch.derived == {} and step_peak(arch, PlanSettings(mode="lora", target_modules="all-linear")).breakdown
+
+
+@pytest.mark.parametrize("mode", ["lora", "qlora"])
+def test_a_catalog_class_borrowed_for_other_targets_never_lowers_the_recipe(mode):
+    """The catalog's classes are derived with all-linear adapters; planned with peft's default targets (q,v),
+    Llama-2-7B QLoRA would borrow a negative residual (-0.25 GiB). Borrowed that way, a class may only add."""
+    from lora_doctor.catalog import lookup
+
+    entry = lookup("meta-llama/Llama-2-7b-hf")
+    assert entry.arch.derived["classes"]                 # the catalog holds derived terms
+    recipe_only = lora_doctor.plan(dict(entry.config), mode=mode)   # conftest: LORA_DOCTOR_DERIVE=0
+    borrowed = lora_doctor.plan("meta-llama/Llama-2-7b-hf", mode=mode)
+    assert borrowed.breakdown["activations"] >= recipe_only.breakdown["activations"]

@@ -70,10 +70,12 @@ class Residual:
     trainable: tuple[float, ...] = ()   # extra trainable parameters per kind, then outside the layers
     scale: float = 1.0              # applied when borrowed from a class with other dtypes
     key: str = ""
+    only_adds: bool = False         # borrowed across adapter choices: may raise the recipe, never lower it
 
     def term(self, t: Term, tokens: int, seq: int) -> float:
         a, q, e, c = t
-        return self.scale * (a * tokens + q * tokens * seq + e * seq + c)
+        value = self.scale * (a * tokens + q * tokens * seq + e * seq + c)
+        return max(value, 0.0) if self.only_adds else value
 
     @property
     def autocast(self) -> bool:
@@ -89,12 +91,13 @@ class Residual:
         return int(sum(per_kind[k] for k in self.layer_kinds if k < len(per_kind)) + outside)
 
     @classmethod
-    def from_dict(cls, data: dict, kinds: list[int], scale: float = 1.0, key: str = "") -> "Residual":
+    def from_dict(cls, data: dict, kinds: list[int], scale: float = 1.0, key: str = "",
+                  only_adds: bool = False) -> "Residual":
         def term(t: list) -> Term:
             return tuple((list(t) + [0.0] * 4)[:4])  # type: ignore[return-value]
 
         return cls(tuple(term(t) for t in data["layers"]), term(data["first"]), term(data["outside"]),
-                   term(data["logits"]), tuple(kinds), tuple(data.get("trainable", ())), scale, key)
+                   term(data["logits"]), tuple(kinds), tuple(data.get("trainable", ())), scale, key, only_adds)
 
 
 # Derives terms for an arch built from a config (set by lora_doctor.introspect; imports torch).
@@ -123,10 +126,18 @@ def lookup(arch: ArchSpec, s: PlanSettings, device: str = "cuda") -> Residual | 
         if got:
             derived["layer_kinds"] = got["layer_kinds"]
     kinds = derived.get("layer_kinds") or [0] * max(arch.num_layers, 1)
-    for key in (fine, coarse):
-        if classes.get(key):
-            return Residual.from_dict(classes[key], kinds, key=key)
+    if classes.get(fine):
+        return Residual.from_dict(classes[fine], kinds, key=fine)
+    if classes.get(coarse):
+        return Residual.from_dict(classes[coarse], kinds, key=coarse, only_adds=_other_adapters(s))
     return _nearest(classes, s, device, kinds, long)
+
+
+def _other_adapters(s: PlanSettings) -> bool:
+    """A coarse (catalog) class was derived with all-linear adapters; with other targets its residual is
+    borrowed, and a negative residual borrowed that way could under-predict (measured: Llama-2-7B QLoRA with
+    q,v borrows -0.25 GiB from the all-linear class), so such a class may only add memory."""
+    return s.mode != "full" and str(s.target_modules).lower() != "all-linear"
 
 
 def _nearest(classes: dict[str, Any], s: PlanSettings, device: str, kinds: list[int],
@@ -140,5 +151,5 @@ def _nearest(classes: dict[str, Any], s: PlanSettings, device: str, kinds: list[
         mode, dtype, mp, attn, dev = parts[:5]
         if mode == s.mode and dev == device and attn == s.attn_implementation and (len(parts) > 5) == long:
             have = DTYPE_BYTES[dtype if mp == "-" else mp]
-            return Residual.from_dict(data, kinds, scale=want / have, key=key)
+            return Residual.from_dict(data, kinds, scale=want / have, key=key, only_adds=True)
     return None
