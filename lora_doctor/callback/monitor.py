@@ -161,11 +161,6 @@ class Monitor:
                 "nonfinite_modules": nonfinite[:20]}
         return dataclasses.replace(found, message=found.message + where, data=data)
 
-    def drop_gradients(self) -> None:
-        """Skip this optimizer update: torch optimizers leave parameters whose grad is None untouched."""
-        for p in self.params:
-            p.grad = None
-
     def adapter_checks(self, step: int) -> list[Finding]:
         """lora_B norms (dead adapters, once after ``dead_adapter_steps``) and update-to-weight ratios.
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..arch import ArchSpec
 from ..memory.persistent import Persistent
-from ..memory.tables import DTYPE_BYTES, OPTIMIZERS
+from ..memory.tables import DTYPE_BYTES
 from ..plan_types import ParallelSettings, PlanSettings
 
 
@@ -46,10 +46,6 @@ class Context:
         return DTYPE_BYTES[self.s.mixed_precision] if self.s.mixed_precision else self.load_bytes
 
     @property
-    def optimizer_state_count(self) -> float:
-        return OPTIMIZERS[self.s.optim].states
-
-    @property
     def layer_params(self) -> int:
         """Parameters of one decoder layer (one FSDP unit, one ZeRO-3 gather): linears, experts, norms."""
         decoder = sum(f.params for f in self.arch.linear_families if f.scope not in ("head",))
@@ -61,10 +57,6 @@ class Context:
     def root_params(self) -> int:
         """Parameters outside the decoder layers (embeddings, untied head, final norm): the root unit."""
         return max(self.arch.total_params - self.layer_params * max(self.arch.num_layers, 1), 0)
-
-    @property
-    def frozen_params(self) -> int:
-        return 0 if self.full else self.arch.total_params
 
     def option(self, name: str, default: object = None) -> object:
         return self.par.option(name, default)

@@ -11,7 +11,7 @@ on a CUDA device, so the optimizer's temporaries are those of a GPU run.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
