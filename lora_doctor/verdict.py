@@ -137,6 +137,8 @@ SCALE_OUT: tuple[tuple[str, str | None], ...] = (
     ("zero2", None), ("fsdp", None), ("zero3", None), ("zero3", "optimizer"), ("zero3", "all"),
 )
 GPU_COUNTS = (2, 4, 8, 16, 32, 64, 128, 256)
+LAUNCHABLE_GPUS = 64     # eight 8-GPU nodes
+FASTER_AT_MOST = 8       # times the GPUs of the cheapest option
 
 
 def scale_out(result: MemoryPlan, analytic: Callable[[PlanSettings], "MemoryPlan | None"]) -> str | None:
@@ -153,9 +155,17 @@ def scale_out(result: MemoryPlan, analytic: Callable[[PlanSettings], "MemoryPlan
                 break
     if not options:
         return None
+    # a faster strategy is worth naming only at a GPU count people launch for one run; past that, the
+    # unsharded terms (activations, logits) are what is left, and the levers above are the real fix
+    launchable = [o for o in options if o[0] <= LAUNCHABLE_GPUS]
+    options = launchable or options[:1]
     fewest = min(n for n, _, _ in options)
     first = options[0]      # the fastest strategy that fits at all
-    picks = [first] + [o for o in options if o[0] == fewest and o[0] < first[0]][:1]
+    cheapest = next(o for o in options if o[0] == fewest)
+    # the fastest strategy, unless it needs many times the GPUs of the cheapest one (offload costs
+    # step time, not hardware): then the cheapest alone
+    picks = [first] if first is cheapest else \
+        [first, cheapest] if first[0] <= FASTER_AT_MOST * fewest else [cheapest]
     parts = []
     for n, how, trial in picks:
         host = f", {format_bytes(trial.host_peak_bytes)} CPU RAM per node" if trial.host_peak_bytes else ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from lora_doctor import InvalidSettingError, plan
@@ -131,3 +133,15 @@ def test_recommendation_says_how_many_gpus_and_never_raises():
     small = plan("meta-llama/Llama-2-7b-hf", mode="full", gpu="A100-80GB", num_gpus=8, strategy="ddp",
                  seq_len=4096, batch_size=8)
     assert "zero3" in small.recommendation or small.fits
+
+
+def test_scale_out_names_gpu_counts_people_launch():
+    # activations over ~4k vision patches do not shard: FSDP only fits at 256 GPUs, ZeRO-3 with offload at 2
+    p = plan("Qwen/Qwen2.5-VL-7B-Instruct", mode="full", gpu="24GB", images_per_sample=1, image_size=(1024, 768))
+    assert not p.fits
+    counts = [int(c) for c in re.findall(r"(\d+)x 24GB with", p.recommendation)]
+    assert counts and max(counts) <= 64
+    # the fastest option is named beside the cheapest one only within 8x its GPU count
+    assert len(counts) == 1 or max(counts) <= 8 * min(counts)
+    llama = plan("meta-llama/Llama-2-7b-hf", mode="full", gpu="24GB")
+    assert re.findall(r"(\d+)x 24GB with", llama.recommendation) == ["16", "2"]
