@@ -51,10 +51,26 @@ def placement_note(arch: ArchSpec, target_modules: Any) -> str | None:
     text = f"target_modules {shown} reaches: {reached}"
     if untouched:
         text += f"; not adapted: {', '.join(untouched)}"
-    if "vision" in where or "audio" in where:
-        text += (" (to adapt the language model only, anchor the targets with a regex such as "
-                 r"r'.*language_model.*\.(q_proj|v_proj)' or use exclude_modules)")
+    example = _lm_example_regex(arch)
+    if ("vision" in where or "audio" in where) and example:
+        text += (f" (to adapt the {part_name(arch, 'blocks')} only, anchor the targets with a regex such as "
+                 f"r'{example}' or use exclude_modules)")
     return text
+
+
+def _lm_prefix(arch: ArchSpec) -> str | None:
+    """The module path of the language model's layer stack, e.g. ``model.language_model``."""
+    example = next((f.example for f in arch.linear_families if f.scope == "blocks"), "")
+    prefix = re.split(r"\.(?:layers|blocks|h)\.\d+\.", example)[0]
+    return prefix if prefix and prefix != example else None
+
+
+def _lm_example_regex(arch: ArchSpec) -> str | None:
+    """A regex for two attention projections of the language model only (q/v where they exist)."""
+    names = [f.name for f in arch.linear_families if f.scope == "blocks"]
+    picked = [n for n in ("q_proj", "v_proj") if n in names] or names[:2]
+    prefix = _lm_prefix(arch)
+    return rf"{re.escape(prefix)}\..*\.({'|'.join(picked)})" if prefix and picked else None
 
 
 def language_model_regex(arch: ArchSpec, names: list[str]) -> str | None:
@@ -62,6 +78,5 @@ def language_model_regex(arch: ArchSpec, names: list[str]) -> str | None:
     tower_names = {f.name for f in arch.linear_families if f.scope in ("vision", "audio", "projector")}
     if not arch.towers or not (set(names) & tower_names):
         return None
-    example = next((f.example for f in arch.linear_families if f.scope == "blocks"), "")
-    prefix = re.split(r"\.(?:layers|blocks|h)\.\d+\.", example)[0]
-    return rf"{re.escape(prefix)}\..*\.({'|'.join(names)})" if prefix and prefix != example else None
+    prefix = _lm_prefix(arch)
+    return rf"{re.escape(prefix)}\..*\.({'|'.join(names)})" if prefix else None

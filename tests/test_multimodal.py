@@ -127,6 +127,30 @@ def test_all_linear_placement_matches_peft():
     assert placement(_arch("qwen2_vl"), ["q_proj", "v_proj"]) == {"blocks": 4}    # Qwen's vision: qkv/proj
 
 
+@pytest.mark.parametrize("name", ["llava", "whisper", "qwen2_vl"])
+def test_the_suggested_regex_adapts_the_language_model_only(name):
+    """The regex the all-linear note suggests, given to real peft, wraps language-model layers only."""
+    import re
+
+    from peft import LoraConfig, get_peft_model
+
+    from lora_doctor.introspect_towers import tower_scope
+    from lora_doctor.placement import placement_note
+
+    arch = _arch(name)
+    note = placement_note(arch, "all-linear")
+    regex = re.search(r"regex such as r'([^']+)'", note).group(1)
+    import transformers
+
+    from lora_doctor.measure.multimodal import AUTO_CLASSES
+
+    base = getattr(transformers, AUTO_CLASSES[name]).from_config(mm_config(name))
+    model = get_peft_model(base, LoraConfig(r=2, target_modules=regex))
+    scopes = {tower_scope(n, arch.towers) or "blocks"
+              for n, m in model.base_model.model.named_modules() if hasattr(m, "lora_A")}
+    assert scopes and scopes <= {"blocks", "cross"}, (regex, scopes)
+
+
 def test_training_the_tower_costs_its_activations():
     frozen = plan(MM_CONFIGS["llava"], target_modules=LM_ONLY, images_per_sample=1, device="cpu")
     trained = plan(MM_CONFIGS["llava"], target_modules="all-linear", images_per_sample=1, device="cpu")
