@@ -133,6 +133,7 @@ def test_images_per_row_from_the_dataset():
     more = Dataset.from_dict({"images": [rows[0], rows[0] + rows[1] + rows[2], []]})
     assert dataset_images_per_sample(data) == 1 and dataset_images_per_sample(more) == 3
     assert dataset_images_per_sample(Dataset.from_dict({"text": ["a"]})) == 0
+    assert dataset_images_per_sample(Dataset.from_dict({"images": ["a.png"]})) == 0   # not a list: unknown
 
 
 def test_most_cells():

@@ -122,7 +122,10 @@ def dataset_images_per_sample(dataset: Any) -> int:
     """Most images in one row of an Arrow-backed dataset (TRL's ``images`` / ``image`` columns); 0 if unknown."""
     columns = getattr(dataset, "column_names", None) or ()
     if "images" in columns:
-        return _arrow_max_length(dataset, "images") or 0
+        try:
+            return _arrow_max_length(dataset, "images") or 0
+        except Exception:   # not a list column (or not Arrow): the first batch's count stands
+            return 0
     return 1 if "image" in columns else 0
 
 
