@@ -140,3 +140,39 @@ def test_most_cells():
     assert most_cells(64) == (8, 8) and most_cells(80) == (8, 10) and most_cells(1280) == (32, 40)
     assert most_cells(97) == (1, 97) and most_cells(211) == (14, 15)
     assert most_cells(5) == (1, 5) and most_cells(5, max_aspect=2) == (2, 2)   # 1 x 5 is past a 2:1 limit
+
+
+@pytest.mark.slow
+def test_qwen2_vl_under_plain_trainer_with_the_processor(tmp_path):
+    """transformers.Trainer (no TRL) holding the processor as ``processing_class``, a collator calling it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText, Trainer, TrainingArguments
+
+    processor = qwen2_vl_processor(max_pixels=28 * 28 * 400)
+    data = image_dataset(SIZES)
+
+    def collate(rows):
+        texts = [processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text",
+                 "text": r["messages"][0]["content"]}]}], tokenize=False) for r in rows]
+        batch = processor(images=[r["images"] for r in rows], text=texts, return_tensors="pt", padding=True)
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        return batch
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForImageTextToText.from_config(mm_config("qwen2_vl")),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=LM_ONLY))
+    cb = LoraDoctorCallback(console=DoctorConsole(file=io.StringIO()), gpu="24GB")
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=1,
+                             save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True, logging_steps=1,
+                             remove_unused_columns=False, dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collate, processing_class=processor,
+                      callbacks=[cb])
+    trainer.train()
+    assert trainer.state.global_step == 2
+    first = collate([data[0]])
+    s, plan = cb.report.settings, cb.report.plan
+    assert s["image_tokens"] == int(first["image_grid_thw"][0].prod()) // 4
+    assert plan.details["inputs"]["planned_image_size"] == [560, 560]   # 20 x 20 cells of 28: max_pixels 28*28*400
+    assert plan.details["inputs"]["lm_tokens_per_image"] == 400
+    assert plan.details["batch"]["seq_len"] == s["seq_len"]   # no max_length: the first batch's text
