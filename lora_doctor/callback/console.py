@@ -68,8 +68,25 @@ def preflight_rows(report: PreflightReport) -> list[tuple[str, str]]:
         uncovered = f"; not adapted: {', '.join(s.uncovered_families)}" if s.uncovered_families else ""
         rows.append(("targets", f"{', '.join(s.adapted_families)} ({s.adapted_linears} of {s.total_linears} "
                                 f"linears){uncovered}"))
+    images = _images_row(report)
+    if images:
+        rows.insert(1, ("images", images))
     rows.append(("memory", _memory_row(report)))
     return rows
+
+
+def _images_row(report: PreflightReport) -> str | None:
+    """Which images the plan took and why (plan_trainer's record), else the first batch's."""
+    details = getattr(report.plan, "details", None) or {}
+    planned = (details.get("batch") or {}).get("images")
+    if planned is None and report.settings.get("images_per_sample"):
+        planned = {**report.settings, "source": "the first batch's images"}
+    if not planned:
+        return None
+    size = planned.get("image_size") or (details.get("inputs") or {}).get("planned_image_size")
+    tokens = (details.get("inputs") or {}).get("lm_tokens_per_image") or planned.get("image_tokens")
+    return (f"{planned['images_per_sample']} per row" + (f" at {size[1]}x{size[0]}" if size else "")
+            + (f", {tokens} tokens each" if tokens else "") + f": {planned['source']}")
 
 
 def _sorted(findings: Iterable[Finding]) -> list[Finding]:

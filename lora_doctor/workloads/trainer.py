@@ -12,6 +12,7 @@ from typing import Any
 
 from ..plan_types import MemoryPlan
 from .batch import WorstBatch, worst_batch
+from .images import worst_images
 from .trl_defaults import TRL_1_16
 
 # Trainer class name (anywhere in the MRO) -> workload; the first match wins.
@@ -54,7 +55,9 @@ def plan_trainer(trainer: Any, *, gpu: Any = None, engine: str = "analytic", bat
         batch, fallback_seq_len, inputs: internal (the callback passes what it already knows: the first
             batch's text length and its images / audio as ``plan()``'s input arguments).
 
-    The plan's first note says which batch was planned and why.
+    Images (vision-language models): the most images per row of the first batch and the dataset, at the
+    largest size the trainer's processor produces (:mod:`.images`), else the first batch's size. The
+    plan's first note says which batch was planned and why, the second (with images) which images.
     """
     from ..callback.lora_stats import summarize
     from ..callback.preflight import plan_settings
@@ -64,7 +67,7 @@ def plan_trainer(trainer: Any, *, gpu: Any = None, engine: str = "analytic", bat
     kind = trainer_kind(trainer)
     batch = batch or worst_batch(trainer, kind)
     seq_len, why = batch.seq_len, batch.why
-    inputs = dict(inputs or {})
+    inputs, images = worst_images(trainer, dict(inputs or {}))
     if seq_len is None:
         seq_len = fallback_seq_len or 512
         why += f"; planned at seq_len {seq_len}" + (" (the first batch)" if fallback_seq_len else " (a guess)")
@@ -83,4 +86,9 @@ def plan_trainer(trainer: Any, *, gpu: Any = None, engine: str = "analytic", bat
     result.notes.insert(0, f"planned batch: {per_device} x {seq_len} tokens per micro-step "
                            f"(gradient_accumulation_steps={accumulation}): {why}")
     result.details["batch"] = {"batch_size": per_device, "seq_len": seq_len, "why": why, "trainer": kind}
+    if images is not None:
+        size = images["image_size"]
+        shown = f"{size[1]}x{size[0]}" if size else "the model's default size"
+        result.notes.insert(1, f"planned images: {images['images_per_sample']} per row at {shown}: {images['source']}")
+        result.details["batch"]["images"] = images
     return result
