@@ -41,6 +41,7 @@ ADDED = [  # issue #12, "catalog for today"
     "openai/gpt-oss-120b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "mistralai/Mistral-Small-24B-Instruct-2501",
     "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B",
     "deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "Qwen/Qwen2.5-Coder-32B-Instruct", "meta-llama/Llama-4-Scout-17B-16E:text",
+    "Qwen/Qwen2.5-Coder-7B-Instruct", "Qwen/Qwen2.5-Coder-14B-Instruct",
 ]
 MULTIMODAL = ["google/gemma-3-4b-it", "google/gemma-3-12b-it", "google/gemma-3-27b-it", "llava-hf/llava-1.5-7b-hf",
               "openai/whisper-small", "openai/whisper-large-v3", "Qwen/Qwen2.5-VL-3B-Instruct",
