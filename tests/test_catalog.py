@@ -45,12 +45,14 @@ ADDED = [  # issue #12, "catalog for today"
 ]
 MULTIMODAL = ["google/gemma-3-4b-it", "google/gemma-3-12b-it", "google/gemma-3-27b-it", "llava-hf/llava-1.5-7b-hf",
               "openai/whisper-small", "openai/whisper-large-v3", "Qwen/Qwen2.5-VL-3B-Instruct",
-              "Qwen/Qwen2.5-VL-7B-Instruct", "openai/whisper-medium", "Qwen/Qwen2-VL-7B-Instruct"]
+              "Qwen/Qwen2.5-VL-7B-Instruct", "openai/whisper-medium", "Qwen/Qwen2-VL-7B-Instruct",
+              "HuggingFaceTB/SmolVLM-256M-Instruct"]
 BUILT_MULTIMODAL = {  # stored for issue #13 with a config that builds, on the meta device, to its published count
     "openai/whisper-small": "AutoModelForSpeechSeq2Seq", "openai/whisper-large-v3": "AutoModelForSpeechSeq2Seq",
     "Qwen/Qwen2.5-VL-3B-Instruct": "AutoModelForImageTextToText",
     "Qwen/Qwen2.5-VL-7B-Instruct": "AutoModelForImageTextToText",
     "openai/whisper-medium": "AutoModelForSpeechSeq2Seq", "Qwen/Qwen2-VL-7B-Instruct": "AutoModelForImageTextToText",
+    "HuggingFaceTB/SmolVLM-256M-Instruct": "AutoModelForImageTextToText",
 }
 
 
@@ -199,6 +201,7 @@ def test_llama4_scout_hub_ids_plan_the_language_model():
     ("llama-4-scout-17b-16e-instruct", "meta-llama/Llama-4-Scout-17B-16E-Instruct"),
     ("whisper-medium", "openai/whisper-medium"),
     ("qwen2-vl-7b-instruct", "Qwen/Qwen2-VL-7B-Instruct"),
+    ("smolvlm-256m-instruct", "HuggingFaceTB/SmolVLM-256M-Instruct"),
 ])
 def test_nearest_ids_suggests_the_typo_fix(typed, expected):
     assert nearest_ids(typed)[0] == expected
