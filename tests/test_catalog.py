@@ -43,6 +43,7 @@ ADDED = [  # issue #12, "catalog for today"
     "deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "Qwen/Qwen2.5-Coder-32B-Instruct", "meta-llama/Llama-4-Scout-17B-16E:text",
     "Qwen/Qwen2.5-Coder-7B-Instruct", "Qwen/Qwen2.5-Coder-14B-Instruct",
     "Qwen/Qwen2.5-Coder-1.5B-Instruct", "Qwen/Qwen2.5-Coder-3B-Instruct",
+    "ibm-granite/granite-3.1-8b-instruct", "ibm-granite/granite-3.1-2b-instruct",
 ]
 MULTIMODAL = ["google/gemma-3-4b-it", "google/gemma-3-12b-it", "google/gemma-3-27b-it", "llava-hf/llava-1.5-7b-hf",
               "openai/whisper-small", "openai/whisper-large-v3", "Qwen/Qwen2.5-VL-3B-Instruct",
@@ -204,6 +205,7 @@ def test_llama4_scout_hub_ids_plan_the_language_model():
     ("qwen2-vl-7b-instruct", "Qwen/Qwen2-VL-7B-Instruct"),
     ("smolvlm-256m-instruct", "HuggingFaceTB/SmolVLM-256M-Instruct"),
     ("qwen2.5-coder-3b-instruct", "Qwen/Qwen2.5-Coder-3B-Instruct"),
+    ("granite-3.1-2b-instruct", "ibm-granite/granite-3.1-2b-instruct"),
 ])
 def test_nearest_ids_suggests_the_typo_fix(typed, expected):
     assert nearest_ids(typed)[0] == expected
