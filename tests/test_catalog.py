@@ -39,14 +39,22 @@ ADDED = [  # issue #12, "catalog for today"
     "allenai/OLMo-2-1124-13B", "allenai/OLMo-2-0325-32B", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
     "deepseek-ai/DeepSeek-R1-Distill-Llama-70B", "ibm-granite/granite-3.3-8b-instruct",
     "openai/gpt-oss-120b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "mistralai/Mistral-Small-24B-Instruct-2501",
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B",
+    "deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "Qwen/Qwen2.5-Coder-32B-Instruct", "meta-llama/Llama-4-Scout-17B-16E:text",
+    "Qwen/Qwen2.5-Coder-7B-Instruct", "Qwen/Qwen2.5-Coder-14B-Instruct",
+    "Qwen/Qwen2.5-Coder-1.5B-Instruct", "Qwen/Qwen2.5-Coder-3B-Instruct",
+    "ibm-granite/granite-3.1-8b-instruct", "ibm-granite/granite-3.1-2b-instruct",
 ]
 MULTIMODAL = ["google/gemma-3-4b-it", "google/gemma-3-12b-it", "google/gemma-3-27b-it", "llava-hf/llava-1.5-7b-hf",
               "openai/whisper-small", "openai/whisper-large-v3", "Qwen/Qwen2.5-VL-3B-Instruct",
-              "Qwen/Qwen2.5-VL-7B-Instruct"]
+              "Qwen/Qwen2.5-VL-7B-Instruct", "openai/whisper-medium", "Qwen/Qwen2-VL-7B-Instruct",
+              "HuggingFaceTB/SmolVLM-256M-Instruct"]
 BUILT_MULTIMODAL = {  # stored for issue #13 with a config that builds, on the meta device, to its published count
     "openai/whisper-small": "AutoModelForSpeechSeq2Seq", "openai/whisper-large-v3": "AutoModelForSpeechSeq2Seq",
     "Qwen/Qwen2.5-VL-3B-Instruct": "AutoModelForImageTextToText",
     "Qwen/Qwen2.5-VL-7B-Instruct": "AutoModelForImageTextToText",
+    "openai/whisper-medium": "AutoModelForSpeechSeq2Seq", "Qwen/Qwen2-VL-7B-Instruct": "AutoModelForImageTextToText",
+    "HuggingFaceTB/SmolVLM-256M-Instruct": "AutoModelForImageTextToText",
 }
 
 
@@ -167,6 +175,14 @@ def test_lookup_is_case_insensitive_and_knows_aliases():
     assert lookup("no/such-model") is None
 
 
+def test_llama4_scout_hub_ids_plan_the_language_model():
+    """AutoModelForCausalLM loads Llama4ForCausalLM (text only) from both Scout checkpoints: the plain ids plan it."""
+    for hub_id in ("meta-llama/Llama-4-Scout-17B-16E", "meta-llama/Llama-4-Scout-17B-16E-Instruct"):
+        entry = lookup(hub_id)
+        assert entry.model_id == "meta-llama/Llama-4-Scout-17B-16E:text"
+        assert entry.arch.num_experts == 16 and entry.arch.experts_per_token == 1 and not entry.arch.towers
+
+
 @pytest.mark.parametrize("typed,expected", [
     ("meta-llama/Llama-2-7bb-hf", "meta-llama/Llama-2-7b-hf"),
     ("qwen3-8b", "Qwen/Qwen3-8B"),
@@ -182,6 +198,14 @@ def test_lookup_is_case_insensitive_and_knows_aliases():
     ("gpt-oss-120B", "openai/gpt-oss-120b"),
     ("DeepSeek-R1-Distill-Qwen-7b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"),
     ("mistral-small-24b", "mistralai/Mistral-Small-24B-Base-2501"),
+    ("qwen2.5-coder-32b-instruct", "Qwen/Qwen2.5-Coder-32B-Instruct"),
+    ("DeepSeek-R1-Distill-Qwen-14b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B"),
+    ("llama-4-scout-17b-16e-instruct", "meta-llama/Llama-4-Scout-17B-16E-Instruct"),
+    ("whisper-medium", "openai/whisper-medium"),
+    ("qwen2-vl-7b-instruct", "Qwen/Qwen2-VL-7B-Instruct"),
+    ("smolvlm-256m-instruct", "HuggingFaceTB/SmolVLM-256M-Instruct"),
+    ("qwen2.5-coder-3b-instruct", "Qwen/Qwen2.5-Coder-3B-Instruct"),
+    ("granite-3.1-2b-instruct", "ibm-granite/granite-3.1-2b-instruct"),
 ])
 def test_nearest_ids_suggests_the_typo_fix(typed, expected):
     assert nearest_ids(typed)[0] == expected
