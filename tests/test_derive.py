@@ -163,3 +163,31 @@ def test_a_class_derived_for_the_adapters_used_agrees_with_the_trace():
     traced = trace_step(resolved, PlanSettings(mode="qlora", target_modules=targets, batch_size=2, seq_len=256))
     planned = sum(step_peak(stored, s).breakdown.values()) - CUBLAS_WORKSPACE_BYTES
     assert abs(planned / traced.peak_bytes - 1) <= 0.02
+
+
+def test_build_catalog_derive_missing_traces_only_the_classes_the_entry_lacks():
+    """``scripts/build_catalog.py --derive-missing``: committed classes are kept as they are, the missing one
+    (here peft's default placement of LoRA) is traced."""
+    from pathlib import Path
+
+    from lora_doctor.memory.derive import _with_targets, catalog_settings
+    from lora_doctor.memory.layer_terms import VERSION, class_key
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    sys.path.insert(0, str(scripts))
+    try:
+        import build_catalog
+    finally:
+        sys.path.pop(0)
+    source = json.loads((scripts / "catalog_sources" / "HuggingFaceTB__SmolLM2-135M-Instruct.json").read_text())
+    arch = ArchSpec.from_dict(build_catalog.build_entry(source)["arch"])
+    missing = class_key(arch, PlanSettings(mode="lora"))
+    committed = {"layers": [[1.0, 0.0, 0.0, 0.0]], "first": [0.0] * 4, "outside": [0.0] * 4, "logits": [0.0] * 4}
+    keys = {class_key(arch, _with_targets(arch, s)) for s in catalog_settings(arch)} - {missing}
+    previous = {"models": {source["id"]: {"arch": {"derived": {"version": VERSION, "layer_kinds": [0],
+                                                               "classes": {k: committed for k in keys}}}}}}
+    built, _ = build_catalog.build([source], {source["id"]}, previous, missing_only=True)
+    classes = built["models"][source["id"]]["arch"]["derived"]["classes"]
+    assert missing == "lora:bf16:-:sdpa:cuda@self_attn.q_proj,self_attn.v_proj"
+    assert set(classes) == keys | {missing}
+    assert all(classes[k] == committed for k in keys) and classes[missing] != committed
