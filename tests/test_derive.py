@@ -124,7 +124,6 @@ def test_a_catalog_class_borrowed_for_other_targets_never_lowers_the_recipe(mode
 
 def test_target_lists_that_adapt_the_same_layers_share_one_class():
     """Classes are keyed by which linears carry adapters, however the target list spells them."""
-    from lora_doctor.memory.derive import _with_targets
     from lora_doctor.memory.layer_terms import class_key, coarse_key
 
     arch = resolve(tiny_config("llama")).arch
@@ -138,7 +137,7 @@ def test_target_lists_that_adapt_the_same_layers_share_one_class():
     names = tuple(f.name for f in moe.linear_families if f.scope != "head")
     assert class_key(moe, PlanSettings(mode="lora", target_modules=names)) != coarse_key(PlanSettings(mode="lora"))
     phi3 = resolve(tiny_config("phi3")).arch           # peft has no default: plan adapts all-linear
-    s = _with_targets(phi3, PlanSettings(mode="lora"))
+    s = PlanSettings(mode="lora")
     assert class_key(phi3, s) == coarse_key(s)
 
 
@@ -170,7 +169,7 @@ def test_build_catalog_derive_missing_traces_only_the_classes_the_entry_lacks():
     (here peft's default placement of LoRA) is traced."""
     from pathlib import Path
 
-    from lora_doctor.memory.derive import _with_targets, catalog_settings
+    from lora_doctor.memory.derive import catalog_settings
     from lora_doctor.memory.layer_terms import VERSION, class_key
 
     scripts = Path(__file__).resolve().parents[1] / "scripts"
@@ -183,7 +182,7 @@ def test_build_catalog_derive_missing_traces_only_the_classes_the_entry_lacks():
     arch = ArchSpec.from_dict(build_catalog.build_entry(source)["arch"])
     missing = class_key(arch, PlanSettings(mode="lora"))
     committed = {"layers": [[1.0, 0.0, 0.0, 0.0]], "first": [0.0] * 4, "outside": [0.0] * 4, "logits": [0.0] * 4}
-    keys = {class_key(arch, _with_targets(arch, s)) for s in catalog_settings(arch)} - {missing}
+    keys = {class_key(arch, s) for s in catalog_settings(arch)} - {missing}
     previous = {"models": {source["id"]: {"arch": {"derived": {"version": VERSION, "layer_kinds": [0],
                                                                "classes": {k: committed for k in keys}}}}}}
     built, _ = build_catalog.build([source], {source["id"]}, previous, missing_only=True)

@@ -48,19 +48,23 @@ def attention_projections(arch: ArchSpec) -> tuple[str, ...] | None:
     return ids or None
 
 
+def peft_default(arch: ArchSpec) -> tuple[str, ...] | str:
+    """What ``target_modules=None`` adapts: peft's default for the model type, else all-linear (as ``plan``)."""
+    return tuple(arch.default_targets) or FALLBACK_TARGETS
+
+
 _ATTENTION = re.compile(r"^[^.]*(attn|attention)[^.]*\.")
-# Where the adapters of each catalog LoRA class sit besides all-linear: peft's default, the attention projections.
-CATALOG_PLACEMENTS = (lambda arch: None, attention_projections)
+# Where the adapters of each catalog LoRA class sit besides all-linear (None: nowhere new for this arch).
+CATALOG_PLACEMENTS = (peft_default, attention_projections)
 
 
 def catalog_settings(arch: ArchSpec, settings: Iterable[PlanSettings] = CATALOG_SETTINGS) -> list[PlanSettings]:
-    """``settings``, then each LoRA setting again with the adapters of each of :data:`CATALOG_PLACEMENTS`."""
+    """``settings``, then each LoRA setting again with the adapters of each of :data:`CATALOG_PLACEMENTS`
+    (placements that coincide share one class: :func:`derive_terms` traces it once)."""
     out = list(settings)
     for place in CATALOG_PLACEMENTS:
         targets = place(arch)
-        if targets is None and place is not CATALOG_PLACEMENTS[0]:
-            continue
-        out += [replace(s, target_modules=targets) for s in settings if s.mode != "full"]
+        out += [replace(s, target_modules=targets) for s in settings if s.mode != "full" and targets is not None]
     return out
 
 
@@ -70,8 +74,8 @@ def derive_terms(model_or_config: Any, settings: Iterable[PlanSettings] | None =
     """``ArchSpec.derived`` for a config (PretrainedConfig, dict with model_type, or ResolvedModel).
 
     ``settings`` None: :func:`catalog_settings`. Classes whose trace fails are left out (the engine then uses the
-    recipe alone for them). ``keep``: classes
-    derived before (an ``ArchSpec.derived`` of this version), kept as they are and not traced again.
+    recipe alone for them). ``keep``: classes derived before (an ``ArchSpec.derived`` of this version), kept as
+    they are and not traced again.
     """
     from ..models import ResolvedModel, resolve
 
@@ -83,7 +87,6 @@ def derive_terms(model_or_config: Any, settings: Iterable[PlanSettings] | None =
     window = _window_resolved(config, kinds)
     regimes = (False, True) if _window_of(resolved.arch) else (False,)
     for s in catalog_settings(resolved.arch) if settings is None else settings:
-        s = _with_targets(resolved.arch, s)
         for long in regimes if regime is None else (regime,):
             key = layer_terms.fine_key(s, device, long) if fine else layer_terms.class_key(resolved.arch, s, device, long)
             if key in out["classes"]:   # kept, or peft's default adapts every linear (the all-linear class)
@@ -93,13 +96,6 @@ def derive_terms(model_or_config: Any, settings: Iterable[PlanSettings] | None =
             except Exception:  # third-party model code that cannot run on fake tensors: recipe only
                 continue
     return out
-
-
-def _with_targets(arch: ArchSpec, s: PlanSettings) -> PlanSettings:
-    """peft's default targets where it has some, else what ``plan`` adapts instead (all-linear)."""
-    if s.mode == "full" or s.target_modules is not None or arch.default_targets:
-        return s
-    return replace(s, target_modules=FALLBACK_TARGETS)
 
 
 def _window_of(arch: ArchSpec) -> int:
