@@ -190,3 +190,19 @@ def test_build_catalog_derive_missing_traces_only_the_classes_the_entry_lacks():
     assert missing == "lora:bf16:-:sdpa:cuda@self_attn.q_proj,self_attn.v_proj"
     assert set(classes) == keys | {missing}
     assert all(classes[k] == committed for k in keys) and classes[missing] != committed
+
+
+def test_moe_expert_adapters_are_not_borrowed_for_attention_targets():
+    """Qwen3-30B-A3B's all-linear class holds peft's LoRA on the fused experts (20M parameters a layer, and their
+    merged deltas); LoRA on q,k (no class of its own) must not borrow it: that added +69 GiB, twice the trace."""
+    from lora_doctor.catalog import lookup as catalog_lookup
+    from lora_doctor.memory.layer_terms import coarse_key, lookup
+
+    arch = catalog_lookup("Qwen/Qwen3-30B-A3B").arch
+    s = PlanSettings(mode="lora", target_modules=("q_proj", "k_proj"), seq_len=1024)
+    assert any(arch.derived["classes"][coarse_key(s)]["trainable"])   # the all-linear class adapts the experts
+    borrowed = lookup(arch, s)
+    assert borrowed is None or (borrowed.key != coarse_key(s) and borrowed.extra_trainable() == 0)
+    with_experts = lora_doctor.plan("Qwen/Qwen3-30B-A3B", target_modules="all-linear", seq_len=1024)
+    attention = lora_doctor.plan("Qwen/Qwen3-30B-A3B", target_modules="q_proj,k_proj", seq_len=1024)
+    assert attention.trainable_params < with_experts.trainable_params / 10
