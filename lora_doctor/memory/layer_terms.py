@@ -36,7 +36,7 @@ adapters sit elsewhere borrows the class of the nearest placement (:func:`_borro
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from ..arch import ArchSpec, LinearFamily
@@ -201,8 +201,10 @@ def _borrow(arch: ArchSpec, classes: dict[str, Any], s: PlanSettings, device: st
         mode, dtype, mp, attn, dev = parts[:5]
         if mode != s.mode or dev != device or attn != s.attn_implementation or (len(parts) > 5) != long:
             continue
-        other = _placed(arch, key) if "|" in key and mode != "full" else \
-            frozenset(placed.split(",")) if placed else every
+        if "|" in key and mode != "full":   # derived for one plan: its fine key names the target list
+            other = _placed(arch, s, key.split("|")[1])
+        else:
+            other = frozenset(placed.split(",")) if placed else every
         if other != want and any(data.get("trainable", ())):
             continue
         same_dtypes = (dtype, mp) == (s.dtype, s.mixed_precision or "-")
@@ -214,10 +216,9 @@ def _borrow(arch: ArchSpec, classes: dict[str, Any], s: PlanSettings, device: st
                               key=key, only_adds=True)
 
 
-def _placed(arch: ArchSpec, key: str) -> frozenset[str]:
-    """The adapted families of a class derived for one plan (its fine key names the target list)."""
-    text = key.split("|")[1]
+def _placed(arch: ArchSpec, s: PlanSettings, targets: str) -> frozenset[str]:
+    """The adapted families of a class derived for one plan, from the target list its fine key names."""
     try:
-        return frozenset(family_id(f) for f in targeted_families(arch, None if text == "None" else text))
+        return adapted(arch, replace(s, target_modules=None if targets == "None" else targets))
     except Exception:  # a target list this arch does not match: nothing in common
         return frozenset()
