@@ -2,7 +2,7 @@
 
 The models of issue 12's table: Gemma-3 4B text, Qwen3-8B and a small Qwen3-MoE, batch 2, seq 1024,
 all-linear, modelling CUDA. The derived terms are what ``scripts/build_catalog.py`` stores
-(``derive_terms(config)``: five setting classes, coarse keys), so this is the catalog path.
+(``derive_terms(config)``: the catalog's setting classes, ``derive.catalog_settings``), so this is the catalog path.
 
     HF_HUB_OFFLINE=1 python benchmarks/derived_terms_big.py
 """

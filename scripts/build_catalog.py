@@ -10,7 +10,9 @@ tests/test_catalog.py rebuilds entries and checks every count against the publis
 
 ``python scripts/build_catalog.py --derive ID ...`` also traces the derived terms (``ArchSpec.derived``,
 lora_doctor.memory.derive) of those entries, seconds to minutes each; ``--derive`` alone does every entry.
-Entries not named keep the derived terms the committed catalog.json holds.
+Entries not named keep the derived terms the committed catalog.json holds. ``--derive-missing [ID ...]`` traces
+only the setting classes (lora_doctor.memory.derive.CATALOG_SETTINGS) an entry's committed terms lack, and keeps
+the others: after a class is added, not after the derivation itself changed (then ``--derive``).
 
 ``python scripts/build_catalog.py --check`` builds everything and compares with the committed JSON instead
 of writing it (exit 1 on drift).
@@ -75,30 +77,35 @@ def build_entry(entry: dict) -> dict:
     }
 
 
-def derived_terms(model_id: str, fields: dict) -> dict:
+def derived_terms(model_id: str, fields: dict, keep: dict | None = None) -> dict:
     """``ArchSpec.derived`` of one entry: trace-derived corrections to the recipes (lora_doctor.memory.derive),
-    a few seconds to minutes per model on fake tensors, so only the entries named with --derive are traced."""
+    a few seconds to minutes per model on fake tensors, so only the entries named with --derive are traced.
+    Classes in ``keep`` (the committed terms, with --derive-missing) are not traced again."""
     from lora_doctor.memory.derive import derive_terms
 
     start = time.perf_counter()
-    terms = derive_terms(dict(fields))
-    print(f"derived {model_id}: {len(terms['classes'])} setting classes in {time.perf_counter() - start:.0f} s",
-          file=sys.stderr)
+    terms = derive_terms(dict(fields), keep=keep)
+    kept = len(set(terms["classes"]) & set((keep or {}).get("classes", {})))
+    print(f"derived {model_id}: {len(terms['classes']) - kept} setting classes traced, {kept} kept, in "
+          f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
     return terms
 
 
-def build(entries: list[dict], derive: "set[str] | None" = None, previous: dict | None = None) -> tuple[dict, list[str]]:
+def build(entries: list[dict], derive: "set[str] | None" = None, previous: dict | None = None,
+          missing_only: bool = False) -> tuple[dict, list[str]]:
     """The catalog JSON and one report line per source. Derived terms are traced for the ids in ``derive``
-    and kept from ``previous`` (the committed catalog) for the others."""
+    (only the classes ``previous`` lacks with ``missing_only``) and kept from ``previous`` (the committed
+    catalog) for the others."""
     out: dict = {"models": {}, "aliases": {}}
     report = []
     old_models = (previous or {}).get("models", {})
     for entry in entries:
         built = build_entry(entry)
+        old = old_models.get(entry["id"], {}).get("arch", {}).get("derived")
         if derive and entry["id"] in derive:
-            built["arch"]["derived"] = derived_terms(entry["id"], built["config"])
-        elif old_models.get(entry["id"], {}).get("arch", {}).get("derived"):
-            built["arch"]["derived"] = old_models[entry["id"]]["arch"]["derived"]
+            built["arch"]["derived"] = derived_terms(entry["id"], built["config"], old if missing_only else None)
+        elif old:
+            built["arch"]["derived"] = old
         out["models"][entry["id"]] = built
         for alias in entry.get("aliases", []):
             out["aliases"][alias] = entry["id"]
@@ -118,11 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="compare with the committed catalog.json, write nothing")
     parser.add_argument("--derive", nargs="*", metavar="ID", default=None,
                         help="trace derived terms for these ids (all with no id); others keep their committed terms")
+    parser.add_argument("--derive-missing", nargs="*", metavar="ID", default=None,
+                        help="as --derive, but trace only the setting classes the committed terms lack")
     args = parser.parse_args(argv)
     sources = load_sources()
-    derive = None if args.derive is None else (set(args.derive) or {entry["id"] for entry in sources})
+    named = args.derive if args.derive_missing is None else args.derive_missing
+    derive = None if named is None else (set(named) or {entry["id"] for entry in sources})
     previous = json.loads(OUTPUT.read_text()) if OUTPUT.exists() else None
-    catalog, report = build(sources, derive, previous)
+    catalog, report = build(sources, derive, previous, missing_only=args.derive_missing is not None)
     print("\n".join(report))
     text = render(catalog)
     if args.check:

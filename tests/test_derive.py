@@ -110,12 +110,99 @@ def test_old_catalog_entries_without_derived_terms_still_load():
 
 @pytest.mark.parametrize("mode", ["lora", "qlora"])
 def test_a_catalog_class_borrowed_for_other_targets_never_lowers_the_recipe(mode):
-    """The catalog's classes are derived with all-linear adapters; planned with peft's default targets (q,v),
-    Llama-2-7B QLoRA would borrow a negative residual (-0.25 GiB). Borrowed that way, a class may only add."""
+    """The catalog derives all-linear and peft's default targets; other adapters borrow the all-linear class
+    (planned with q,v that borrowing took -0.25 GiB from Llama-2-7B QLoRA). Borrowed, a class may only add."""
     from lora_doctor.catalog import lookup
 
     entry = lookup("meta-llama/Llama-2-7b-hf")
     assert entry.arch.derived["classes"]                 # the catalog holds derived terms
-    recipe_only = lora_doctor.plan(dict(entry.config), mode=mode)   # conftest: LORA_DOCTOR_DERIVE=0
-    borrowed = lora_doctor.plan("meta-llama/Llama-2-7b-hf", mode=mode)
+    targets = "q_proj,o_proj"                            # a placement the catalog does not derive
+    recipe_only = lora_doctor.plan(dict(entry.config), mode=mode, target_modules=targets)  # conftest: DERIVE=0
+    borrowed = lora_doctor.plan("meta-llama/Llama-2-7b-hf", mode=mode, target_modules=targets)
     assert borrowed.breakdown["activations"] >= recipe_only.breakdown["activations"]
+
+
+def test_target_lists_that_adapt_the_same_layers_share_one_class():
+    """Classes are keyed by which linears carry adapters, however the target list spells them."""
+    from lora_doctor.memory.layer_terms import class_key, coarse_key
+
+    arch = resolve(tiny_config("llama")).arch
+    keys = {class_key(arch, PlanSettings(mode="qlora", target_modules=t)) for t in
+            (None, "q_proj,v_proj", ("v_proj", "q_proj"), r".*\.(q|v)_proj")}
+    assert keys == {"qlora:bf16:-:sdpa:cuda@self_attn.q_proj,self_attn.v_proj"}
+    for s in (PlanSettings(mode="lora", target_modules="all-linear"), PlanSettings(mode="full")):
+        assert class_key(arch, s) == coarse_key(s)        # the keys the catalog always stored
+    # every linear family by name is not peft's all-linear, which also adapts fused MoE experts
+    moe = resolve(tiny_config("qwen3_moe")).arch
+    names = tuple(f.name for f in moe.linear_families if f.scope != "head")
+    assert class_key(moe, PlanSettings(mode="lora", target_modules=names)) != coarse_key(PlanSettings(mode="lora"))
+    phi3 = resolve(tiny_config("phi3")).arch           # peft has no default: plan adapts all-linear
+    s = PlanSettings(mode="lora")
+    assert class_key(phi3, s) == coarse_key(s)
+
+
+def test_a_class_derived_for_the_adapters_used_agrees_with_the_trace():
+    """QLoRA on the attention projections only (fp32 stream, no autocast): the catalog-style class derived for
+    that placement plans within 2% of the trace, torch-free from the stored JSON; classes already derived
+    (``keep``) are not traced again."""
+    from lora_doctor.memory.derive import derive_terms
+    from lora_doctor.memory.layer_terms import VERSION, lookup
+    from lora_doctor.trace import trace_step
+
+    resolved = resolve(tiny_config("llama"))
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+    kept = {"layers": [[0.0] * 4], "first": [0.0] * 4, "outside": [0.0] * 4, "logits": [0.0] * 4}
+    derived = derive_terms(resolved, [PlanSettings(mode="qlora", target_modules="all-linear"),
+                                      PlanSettings(mode="qlora", target_modules=targets)],
+                           keep={"version": VERSION, "classes": {"qlora:bf16:-:sdpa:cuda": kept}})
+    assert derived["classes"]["qlora:bf16:-:sdpa:cuda"] is kept
+    stored = ArchSpec.from_dict(json.loads(json.dumps(dict(resolved.arch.to_dict(), derived=derived))))
+    s = PlanSettings(mode="qlora", target_modules=",".join(targets), batch_size=2, seq_len=256)
+    assert lookup(stored, s).key == "qlora:bf16:-:sdpa:cuda@self_attn.k_proj,self_attn.o_proj,self_attn.q_proj,self_attn.v_proj"
+    traced = trace_step(resolved, PlanSettings(mode="qlora", target_modules=targets, batch_size=2, seq_len=256))
+    planned = sum(step_peak(stored, s).breakdown.values()) - CUBLAS_WORKSPACE_BYTES
+    assert abs(planned / traced.peak_bytes - 1) <= 0.02
+
+
+def test_build_catalog_derive_missing_traces_only_the_classes_the_entry_lacks():
+    """``scripts/build_catalog.py --derive-missing``: committed classes are kept as they are, the missing one
+    (here peft's default placement of LoRA) is traced."""
+    from pathlib import Path
+
+    from lora_doctor.memory.derive import catalog_settings
+    from lora_doctor.memory.layer_terms import VERSION, class_key
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    sys.path.insert(0, str(scripts))
+    try:
+        import build_catalog
+    finally:
+        sys.path.pop(0)
+    source = json.loads((scripts / "catalog_sources" / "HuggingFaceTB__SmolLM2-135M-Instruct.json").read_text())
+    arch = ArchSpec.from_dict(build_catalog.build_entry(source)["arch"])
+    missing = class_key(arch, PlanSettings(mode="lora"))
+    committed = {"layers": [[1.0, 0.0, 0.0, 0.0]], "first": [0.0] * 4, "outside": [0.0] * 4, "logits": [0.0] * 4}
+    keys = {class_key(arch, s) for s in catalog_settings(arch)} - {missing}
+    previous = {"models": {source["id"]: {"arch": {"derived": {"version": VERSION, "layer_kinds": [0],
+                                                               "classes": {k: committed for k in keys}}}}}}
+    built, _ = build_catalog.build([source], {source["id"]}, previous, missing_only=True)
+    classes = built["models"][source["id"]]["arch"]["derived"]["classes"]
+    assert missing == "lora:bf16:-:sdpa:cuda@self_attn.q_proj,self_attn.v_proj"
+    assert set(classes) == keys | {missing}
+    assert all(classes[k] == committed for k in keys) and classes[missing] != committed
+
+
+def test_moe_expert_adapters_are_not_borrowed_for_attention_targets():
+    """Qwen3-30B-A3B's all-linear class holds peft's LoRA on the fused experts (20M parameters a layer, and their
+    merged deltas); LoRA on q,k (no class of its own) must not borrow it: that added +69 GiB, twice the trace."""
+    from lora_doctor.catalog import lookup as catalog_lookup
+    from lora_doctor.memory.layer_terms import coarse_key, lookup
+
+    arch = catalog_lookup("Qwen/Qwen3-30B-A3B").arch
+    s = PlanSettings(mode="lora", target_modules=("q_proj", "k_proj"), seq_len=1024)
+    assert any(arch.derived["classes"][coarse_key(s)]["trainable"])   # the all-linear class adapts the experts
+    borrowed = lookup(arch, s)
+    assert borrowed is None or (borrowed.key != coarse_key(s) and borrowed.extra_trainable() == 0)
+    with_experts = lora_doctor.plan("Qwen/Qwen3-30B-A3B", target_modules="all-linear", seq_len=1024)
+    attention = lora_doctor.plan("Qwen/Qwen3-30B-A3B", target_modules="q_proj,k_proj", seq_len=1024)
+    assert attention.trainable_params < with_experts.trainable_params / 10

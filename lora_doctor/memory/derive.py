@@ -25,11 +25,13 @@ from ..arch import ArchSpec
 from ..plan_types import PlanSettings
 from . import layer_terms
 from .analytic import recipe_regions
+from .targets import FALLBACK_TARGETS
 
 SEQ = 64                       # S of the traced shapes (batch, seq): (1, S), (2, S), (1, 2S), (2, 2S)
 PERSISTENT = ("weights", "adapters", "quantization_state", "optimizer_states",
               "paged_optimizer_states", "gradients", "inputs")
-# Setting classes the catalog stores (coarse keys): what users run most.
+# Setting classes the catalog stores (coarse keys): what users run most. Each LoRA class is derived again for
+# the CATALOG_PLACEMENTS beyond all-linear (keyed by layer_terms.class_key).
 CATALOG_SETTINGS: tuple[PlanSettings, ...] = (
     PlanSettings(mode="lora", target_modules="all-linear"),
     PlanSettings(mode="qlora", target_modules="all-linear"),
@@ -39,23 +41,56 @@ CATALOG_SETTINGS: tuple[PlanSettings, ...] = (
 )
 
 
-def derive_terms(model_or_config: Any, settings: Iterable[PlanSettings] = CATALOG_SETTINGS, *,
-                 device: str = "cuda", fine: bool = False, regime: bool | None = None) -> dict:
+def attention_projections(arch: ArchSpec) -> tuple[str, ...] | None:
+    """The attention block's linears as a target list (``q_proj,k_proj,v_proj,o_proj`` and their spellings)."""
+    ids = tuple(sorted(layer_terms.family_id(f) for f in arch.linear_families
+                       if f.scope != "head" and _ATTENTION.match(layer_terms.family_id(f))))
+    return ids or None
+
+
+def peft_default(arch: ArchSpec) -> tuple[str, ...] | str:
+    """What ``target_modules=None`` adapts: peft's default for the model type, else all-linear (as ``plan``)."""
+    return tuple(arch.default_targets) or FALLBACK_TARGETS
+
+
+_ATTENTION = re.compile(r"^[^.]*(attn|attention)[^.]*\.")
+# Where the adapters of each catalog LoRA class sit besides all-linear (None: nowhere new for this arch).
+CATALOG_PLACEMENTS = (peft_default, attention_projections)
+
+
+def catalog_settings(arch: ArchSpec, settings: Iterable[PlanSettings] = CATALOG_SETTINGS) -> list[PlanSettings]:
+    """``settings``, then each LoRA setting again with the adapters of each of :data:`CATALOG_PLACEMENTS`
+    (placements that coincide share one class: :func:`derive_terms` traces it once)."""
+    out = list(settings)
+    for place in CATALOG_PLACEMENTS:
+        targets = place(arch)
+        out += [replace(s, target_modules=targets) for s in settings if s.mode != "full" and targets is not None]
+    return out
+
+
+def derive_terms(model_or_config: Any, settings: Iterable[PlanSettings] | None = None, *,
+                 device: str = "cuda", fine: bool = False, regime: bool | None = None,
+                 keep: dict | None = None) -> dict:
     """``ArchSpec.derived`` for a config (PretrainedConfig, dict with model_type, or ResolvedModel).
 
-    Classes whose trace fails are left out (the engine then uses the recipe alone for them).
+    ``settings`` None: :func:`catalog_settings`. Classes whose trace fails are left out (the engine then uses the
+    recipe alone for them). ``keep``: classes derived before (an ``ArchSpec.derived`` of this version), kept as
+    they are and not traced again.
     """
     from ..models import ResolvedModel, resolve
 
     resolved = model_or_config if isinstance(model_or_config, ResolvedModel) else resolve(model_or_config)
     config = resolved.config()
     kinds = layer_kinds(resolved.meta_model(), resolved.arch.num_layers)
-    out: dict[str, Any] = {"version": layer_terms.VERSION, "layer_kinds": kinds, "classes": {}}
+    kept = (keep or {}).get("classes", {}) if (keep or {}).get("version") == layer_terms.VERSION else {}
+    out: dict[str, Any] = {"version": layer_terms.VERSION, "layer_kinds": kinds, "classes": dict(kept)}
     window = _window_resolved(config, kinds)
     regimes = (False, True) if _window_of(resolved.arch) else (False,)
-    for s in settings:
+    for s in catalog_settings(resolved.arch) if settings is None else settings:
         for long in regimes if regime is None else (regime,):
-            key = layer_terms.fine_key(s, device, long) if fine else layer_terms.coarse_key(s, device, long)
+            key = layer_terms.fine_key(s, device, long) if fine else layer_terms.class_key(resolved.arch, s, device, long)
+            if key in out["classes"]:   # kept, or peft's default adapts every linear (the all-linear class)
+                continue
             try:
                 out["classes"][key] = _residual(window, kinds, s, device, _seq_for(resolved.arch, long))
             except Exception:  # third-party model code that cannot run on fake tensors: recipe only

@@ -24,16 +24,25 @@ Stored in :attr:`ArchSpec.derived` (the catalog ships them, so catalog plans sta
 
 A model with a sliding window has two regimes (sequences up to the window, and longer ones, where
 transformers builds explicit masks), derived and stored separately (``:long`` class keys).
+
+What a LoRA block saves depends on which linears carry adapters (each adapted one keeps its input cast to the
+adapter dtype and the r-wide ``lora_A`` output; peft's all-linear also adapts fused MoE experts), so a class is
+derived for one *placement* of the adapters (:func:`placement`). The catalog stores all-linear (the plain coarse
+key, e.g. ``qlora:bf16:bf16:sdpa:cuda``), peft's default targets
+(``qlora:bf16:bf16:sdpa:cuda@self_attn.q_proj,self_attn.v_proj``) and the attention projections. A plan whose
+adapters sit elsewhere borrows the class of the nearest placement (:func:`_borrow`), which may then only add.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from ..arch import ArchSpec
+from ..arch import ArchSpec, LinearFamily
 from ..plan_types import PlanSettings
 from .tables import DTYPE_BYTES
+from .targets import FALLBACK_TARGETS, normalize_targets, targeted_families
 
 VERSION = 2
 Term = tuple[float, float, float, float]   # (a, q, e, c), see the module docstring
@@ -49,6 +58,42 @@ def long_regime(arch: ArchSpec, seq_len: int) -> bool:
 def coarse_key(s: PlanSettings, device: str = "cuda", long: bool = False) -> str:
     """Setting class of the catalog's derived terms: what changes the dtypes and the kernels."""
     return f"{s.mode}:{s.dtype}:{s.mixed_precision or '-'}:{s.attn_implementation}:{device}" + (":long" if long else "")
+
+
+def family_id(fam: LinearFamily) -> str:
+    """A family's path inside its layer ("self_attn.q_proj", "mlp.c_proj"): unique where names are not (GPT-2
+    has two ``c_proj``), and a target name that matches just that family (peft matches names by suffix)."""
+    return _IN_LAYER.sub("", fam.example, count=1) if fam.example else fam.name
+
+
+_IN_LAYER = re.compile(r"^.*?\.\d+\.")
+
+
+def adapted(arch: ArchSpec, s: PlanSettings) -> frozenset[str]:
+    """The families (:func:`family_id`) that carry adapters. peft's "all-linear" also adapts what is no linear
+    family (fused 3-D MoE experts), so it holds one more name, ``"all-linear"``; so does a full fine-tune."""
+    target = normalize_targets(s.target_modules)
+    if s.mode == "full" or target == FALLBACK_TARGETS or (target is None and not arch.default_targets):
+        return _all_linear(arch)
+    return frozenset(family_id(f) for f in targeted_families(arch, target))
+
+
+def _all_linear(arch: ArchSpec) -> frozenset[str]:
+    return frozenset(family_id(f) for f in arch.linear_families if f.scope != "head") | {FALLBACK_TARGETS}
+
+
+def placement(arch: ArchSpec, s: PlanSettings) -> str:
+    """Which linear families carry adapters, as the class keys spell it: "" for a full fine-tune and for
+    all-linear (the catalog's first classes), else the sorted family ids ("self_attn.q_proj,self_attn.v_proj").
+    Target lists that adapt the same layers (None = peft's default, ["q_proj", "v_proj"], a regex) share one."""
+    names = adapted(arch, s)
+    return "" if FALLBACK_TARGETS in names else ",".join(sorted(names))
+
+
+def class_key(arch: ArchSpec, s: PlanSettings, device: str = "cuda", long: bool = False) -> str:
+    """Setting class of the catalog's derived terms: the coarse key, plus ``@placement`` unless all-linear."""
+    where = placement(arch, s)
+    return coarse_key(s, device, long) + (f"@{where}" if where else "")
 
 
 def fine_key(s: PlanSettings, device: str = "cuda", long: bool = False) -> str:
@@ -80,7 +125,7 @@ class Residual:
     @property
     def autocast(self) -> bool:
         """Derived under autocast: its per-step terms already hold autocast's cast weight copies."""
-        parts = self.key.split("|")[0].split(":")
+        parts, _ = parse_key(self.key)
         return len(parts) > 2 and parts[2] != "-"
 
     def extra_trainable(self) -> int:
@@ -119,37 +164,61 @@ def lookup(arch: ArchSpec, s: PlanSettings, device: str = "cuda") -> Residual | 
         derived.update({"version": VERSION, "layer_kinds": [], "classes": {}})
     classes: dict[str, Any] = derived["classes"]
     long = long_regime(arch, s.seq_len)
-    fine, coarse = fine_key(s, device, long), coarse_key(s, device, long)
+    fine, exact = fine_key(s, device, long), class_key(arch, s, device, long)
     if fine not in classes and getattr(arch, "_deriver", None) is not None:
         got = arch._deriver(arch, s, device)  # type: ignore[attr-defined]
         classes[fine] = got["classes"][fine] if got else None
         if got:
             derived["layer_kinds"] = got["layer_kinds"]
     kinds = derived.get("layer_kinds") or [0] * max(arch.num_layers, 1)
-    if classes.get(fine):
-        return Residual.from_dict(classes[fine], kinds, key=fine)
-    if classes.get(coarse):
-        return Residual.from_dict(classes[coarse], kinds, key=coarse, only_adds=_other_adapters(s))
-    return _nearest(classes, s, device, kinds, long)
+    for key in (fine, exact):   # derived for this very plan, or for these adapters (the catalog's classes)
+        if classes.get(key):
+            return Residual.from_dict(classes[key], kinds, key=key)
+    return _borrow(arch, classes, s, device, kinds, long)
 
 
-def _other_adapters(s: PlanSettings) -> bool:
-    """A coarse (catalog) class was derived with all-linear adapters; with other targets its residual is
-    borrowed, and a negative residual borrowed that way could under-predict (measured: Llama-2-7B QLoRA with
-    q,v borrows -0.25 GiB from the all-linear class), so such a class may only add memory."""
-    return s.mode != "full" and str(s.target_modules).lower() != "all-linear"
+def parse_key(key: str) -> tuple[list[str], str]:
+    """(mode, dtype, mixed precision, attention, device[, "long"]) and the placement of a class key."""
+    head = key.split("|")[0]
+    coarse, _, where = head.partition("@")
+    return coarse.split(":"), where
 
 
-def _nearest(classes: dict[str, Any], s: PlanSettings, device: str, kinds: list[int],
-             long: bool) -> Residual | None:
-    """A stored class of the same mode and attention, rescaled by the ratio of compute-dtype bytes."""
-    want = DTYPE_BYTES[s.mixed_precision or s.dtype]
+def _borrow(arch: ArchSpec, classes: dict[str, Any], s: PlanSettings, device: str, kinds: list[int],
+            long: bool) -> Residual | None:
+    """A stored class derived for other adapters or dtypes, of the same mode, attention and regime: the same
+    dtypes first, then the adapters nearest to these (fewest families adapted in one and not the other),
+    rescaled by the ratio of compute-dtype bytes. Borrowed, it may only add memory (measured: Llama-2-7B QLoRA
+    with q,v borrowed -0.25 GiB from the all-linear class). A class with adapters beyond the linear families
+    (peft's LoRA on fused MoE experts: parameters and weight-sized merged deltas) is never borrowed for other
+    adapters (measured: Qwen3-30B-A3B LoRA on q,k,v,o borrowed +69 GiB from the all-linear class)."""
+    want, every = adapted(arch, s), _all_linear(arch)
+    found = []
     for key, data in classes.items():
-        if not data:
+        parts, placed = parse_key(key)
+        if not data or len(parts) < 5:
             continue
-        parts = key.split("|")[0].split(":")
         mode, dtype, mp, attn, dev = parts[:5]
-        if mode == s.mode and dev == device and attn == s.attn_implementation and (len(parts) > 5) == long:
-            have = DTYPE_BYTES[dtype if mp == "-" else mp]
-            return Residual.from_dict(data, kinds, scale=want / have, key=key, only_adds=True)
-    return None
+        if mode != s.mode or dev != device or attn != s.attn_implementation or (len(parts) > 5) != long:
+            continue
+        if "|" in key and mode != "full":   # derived for one plan: its fine key names the target list
+            other = _placed(arch, s, key.split("|")[1])
+        else:
+            other = frozenset(placed.split(",")) if placed else every
+        if other != want and any(data.get("trainable", ())):
+            continue
+        same_dtypes = (dtype, mp) == (s.dtype, s.mixed_precision or "-")
+        found.append((not same_dtypes, len(other ^ want), key, DTYPE_BYTES[dtype if mp == "-" else mp]))
+    if not found:
+        return None
+    *_, key, have = min(found)
+    return Residual.from_dict(classes[key], kinds, scale=DTYPE_BYTES[s.mixed_precision or s.dtype] / have,
+                              key=key, only_adds=True)
+
+
+def _placed(arch: ArchSpec, s: PlanSettings, targets: str) -> frozenset[str]:
+    """The adapted families of a class derived for one plan, from the target list its fine key names."""
+    try:
+        return adapted(arch, replace(s, target_modules=None if targets == "None" else targets))
+    except Exception:  # a target list this arch does not match: nothing in common
+        return frozenset()
