@@ -7,6 +7,12 @@ Built as a real collator returns it, with the shapes :func:`lora_doctor.inputs.p
   of the config's image token id), then ``seq_len`` text tokens; labels ignore the image tokens; no
   attention mask (all ones: a real run takes SDPA's causal path, as with none);
   ``pixel_values`` are fp32 ``[batch x images, 3, height, width]`` at the processor's planned size;
+* Qwen2-VL / Qwen2.5-VL: as their processor lays a sample out, each image's tokens in one run (one
+  text token between two images, where the processor puts ``<|vision_end|><|vision_start|>``), then
+  the text; ``pixel_values`` are the flattened patches, fp32 ``[batch x images x t*h*w, channels x
+  temporal_patch x patch^2]``; ``image_grid_thw`` ``[batch x images, 3]`` and ``mm_token_type_ids``
+  (1 on image tokens) as the processor returns them. The integer tensors (ids, labels, token types,
+  grids) are real, not fake: the model reads their values (see :mod:`lora_doctor.trace.metadata`);
 * Whisper: ``input_features`` of ``[batch, mel bins, 3000]`` in the model dtype (what the collator
   casts them to), ``decoder_input_ids`` and ``labels`` of ``[batch, seq_len]``.
 
@@ -25,6 +31,7 @@ from ..models import ResolvedModel
 from ..plan_types import PlanSettings
 from ..torch_dtypes import torch_dtype as dtype_of
 from ..towers import tower
+from .metadata import real
 
 Batch = dict[str, torch.Tensor]
 PIXEL_DTYPE = torch.float32      # image processors return fp32 arrays
@@ -57,6 +64,33 @@ def _llava(resolved: ResolvedModel, s: PlanSettings, ip: InputPlan) -> Batch:
     return {"input_ids": ids, "labels": labels, "pixel_values": pixels}
 
 
+def _qwen2_vl(resolved: ResolvedModel, s: PlanSettings, ip: InputPlan) -> Batch:
+    if not ip.images:
+        return _text(resolved, s, ip)
+    config = resolved.config()
+    vision, image_token = config.vision_config, _image_token_id(resolved)
+    patch, temporal = int(vision.patch_size), int(vision.temporal_patch_size)
+    h, w = ip.planned_size or (0, 0)
+    grid = (1, h // patch, w // patch)        # one image: one temporal patch (the frame is repeated)
+    text = max(s.seq_len - (ip.images - 1), 1)   # one text token separates two images
+
+    def metadata() -> Batch:
+        image = torch.full((ip.lm_tokens_per_image,), image_token, dtype=torch.long)
+        parts = [t for _ in range(ip.images) for t in (image, torch.zeros(1, dtype=torch.long))][:-1]
+        row = torch.cat(parts + [torch.zeros(text, dtype=torch.long)])
+        ids = row.repeat(s.batch_size, 1)
+        is_image = ids == image_token
+        return {"input_ids": ids, "labels": ids.masked_fill(is_image, -100),
+                "image_grid_thw": torch.tensor([grid] * (s.batch_size * ip.images), dtype=torch.long),
+                "mm_token_type_ids": is_image.long()}
+
+    batch = real(metadata)
+    patches = s.batch_size * ip.images * grid[0] * grid[1] * grid[2]
+    channels = int(getattr(vision, "in_channels", 3) or 3)
+    batch["pixel_values"] = torch.empty(patches, channels * temporal * patch * patch, dtype=PIXEL_DTYPE)
+    return batch
+
+
 def _whisper(resolved: ResolvedModel, s: PlanSettings, ip: InputPlan) -> Batch:
     audio = tower(resolved.arch.towers, "audio")
     bins = int(audio.extra.get("num_mel_bins", 80)) if audio is not None else 80
@@ -68,6 +102,8 @@ def _whisper(resolved: ResolvedModel, s: PlanSettings, ip: InputPlan) -> Batch:
 # model_type -> batch builder, for the multimodal families the trace runs
 BATCHES: dict[str, Callable[[ResolvedModel, PlanSettings, InputPlan], Batch]] = {
     "llava": _llava,
+    "qwen2_vl": _qwen2_vl,
+    "qwen2_5_vl": _qwen2_vl,
     "whisper": _whisper,
 }
 
