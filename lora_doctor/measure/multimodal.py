@@ -1,4 +1,4 @@
-"""Multimodal validation cases: tiny LLaVA, Qwen2-VL and Whisper built from configs, with random
+"""Multimodal validation cases: tiny LLaVA, Qwen2-VL, Qwen2.5-VL and Whisper built from configs, with random
 pixel values / audio features shaped as their processors return them (``benchmarks/multimodal_accuracy.py``).
 """
 
@@ -30,6 +30,17 @@ MM_CONFIGS: dict[str, dict[str, Any]] = {
         vision_config=dict(model_type="qwen2_vl", embed_dim=64, depth=2, num_heads=4, mlp_ratio=4, hidden_size=128,
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
     ),
+    "qwen2_5_vl": dict(
+        model_type="qwen2_5_vl", image_token_id=IMAGE_TOKEN, video_token_id=IMAGE_TOKEN + 1,
+        vision_start_token_id=IMAGE_TOKEN + 2, vision_end_token_id=IMAGE_TOKEN + 3,
+        text_config=dict(model_type="qwen2_5_vl_text", hidden_size=128, intermediate_size=352, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=4096, max_position_embeddings=4096,
+                         rope_parameters={"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 10000.0}),
+        # window attention (112 px windows) in block 0, full attention in block 1, as the real towers alternate
+        vision_config=dict(model_type="qwen2_5_vl", hidden_size=64, depth=2, num_heads=4, intermediate_size=128,
+                           out_hidden_size=128, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                           window_size=112, fullatt_block_indexes=[1]),
+    ),
     "whisper": dict(model_type="whisper", d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                     decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256, vocab_size=4096,
                     num_mel_bins=80, max_source_positions=1500, max_target_positions=448,
@@ -37,7 +48,8 @@ MM_CONFIGS: dict[str, dict[str, Any]] = {
                     begin_suppress_tokens=None, suppress_tokens=None),
 }
 AUTO_CLASSES = {"llava": "AutoModelForImageTextToText", "qwen2_vl": "AutoModelForImageTextToText",
-                "whisper": "AutoModelForSpeechSeq2Seq"}
+                "qwen2_5_vl": "AutoModelForImageTextToText", "whisper": "AutoModelForSpeechSeq2Seq"}
+QWEN = ("qwen2_vl", "qwen2_5_vl")
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,7 @@ MM_CASES: tuple[MMCase, ...] = (
     MMCase("qwen2-vl lora all-linear bf16 448x336", "qwen2_vl", _s(1, (336, 448), target_modules="all-linear", seq_len=128, batch_size=2)),
     MMCase("qwen2-vl lora all-linear bf16 +gc", "qwen2_vl", _s(1, (448, 448), target_modules="all-linear", seq_len=128, batch_size=2, gradient_checkpointing=True)),
     MMCase("qwen2-vl full fp32 448x448", "qwen2_vl", _s(1, (448, 448), mode="full", dtype="fp32", seq_len=128, batch_size=1)),
+    MMCase("qwen2.5-vl lora all-linear bf16 2x 336x448", "qwen2_5_vl", _s(2, (336, 448), target_modules="all-linear", seq_len=128, batch_size=1)),
     MMCase("whisper lora q,v bf16", "whisper", _s(target_modules=QV, seq_len=128, batch_size=2)),
     MMCase("whisper lora all-linear fp32", "whisper", _s(target_modules="all-linear", dtype="fp32", seq_len=128, batch_size=2)),
     MMCase("whisper full fp32", "whisper", _s(mode="full", dtype="fp32", seq_len=128, batch_size=2)),
@@ -99,12 +112,16 @@ class MultimodalSamples(torch.utils.data.Dataset):
             features = torch.randn(80, self.ip.mel_frames, generator=self.g).to(self.dtype)
             return {"input_features": features,
                     "decoder_input_ids": ids, "labels": ids}
-        text = torch.randint(5, 3999, (self.seq,), generator=self.g)
+        images = self.ip.images
+        text = torch.randint(5, 3999, (self.seq - (images - 1 if self.model in QWEN else 0),), generator=self.g)
         image_ids = torch.full((self.ip.lm_image_tokens,), IMAGE_TOKEN)
+        if self.model in QWEN and images > 1:   # Qwen's processor closes each image: <|vision_end|><|vision_start|>
+            one = torch.full((self.ip.lm_tokens_per_image,), IMAGE_TOKEN)
+            image_ids = torch.cat([t for _ in range(images) for t in (one, torch.tensor([IMAGE_TOKEN + 3]))][:-1])
         ids = torch.cat([image_ids, text])
         labels = ids.masked_fill(ids == IMAGE_TOKEN, -100)
         sample = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
-        if self.model == "qwen2_vl":
+        if self.model in QWEN:
             h, w = self.ip.planned_size
             grid = torch.tensor([1, h // 14, w // 14])
             patches = self.ip.images * int(grid.prod())
