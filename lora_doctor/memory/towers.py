@@ -6,7 +6,10 @@ sequence (text + image tokens); this module adds what the towers contribute:
 * a tower that trains (full fine-tuning, or adapters on its layers) saves activations for backward
   like any transformer stack: the per-token recipe of :mod:`lora_doctor.memory.activations` applied
   to the tower's own blocks (LayerNorm + plain MLP for CLIP / SigLIP / Qwen2-VL / Whisper,
-  RMSNorm + gated MLP for Qwen2.5-VL) over ``batch x images x patches`` tokens;
+  RMSNorm + gated MLP for Qwen2.5-VL; Qwen's fused qkv with rotary keeps two hidden-width tensors
+  more, :data:`TOWER_BLOCKS`) over ``batch x images x patches`` tokens. Only the layers whose output
+  reaches the loss keep theirs: LLaVA takes the features of ``vision_feature_layer`` (-2: the last
+  layer's output is dropped after the forward, and with it everything that layer saved);
 * a frozen tower saves nothing: its forward leaves only transients (one block's working set; LLaVA
   also keeps every layer's hidden state because it asks for ``output_hidden_states``);
 * the projector saves its inputs when it or anything before it trains;
@@ -45,15 +48,22 @@ class TowerTerms:
     notes: tuple[str, ...] = ()
 
 
+# model_type -> activation recipe of its vision blocks, where (norm, mlp) alone does not say it
+TOWER_BLOCKS: dict[str, str] = {"qwen2_vl": "qwen_vit", "qwen2_5_vl": "qwen_vit_gated"}
+
+
 def _tower_arch(arch: ArchSpec, t: TowerSpec, fams: list[LinearFamily]) -> ArchSpec:
     """The tower's blocks as an ArchSpec the activation recipes can read."""
     heads = max(t.num_heads, 1)
+    block = "llama" if (t.norm, t.mlp) == ("rms", "gated") else "opt"
+    if t.role == "vision":
+        block = TOWER_BLOCKS.get(arch.model_type, block)
     return ArchSpec(model_type=f"{arch.model_type}:{t.role}", architecture="", total_params=t.params,
                     linear_families=tuple(replace(f, scope="blocks") for f in fams), embedding_params=0,
                     head_params=0, other_params=0, expert_params=0, hidden_size=t.hidden_size,
                     num_layers=max(t.num_layers, 1), num_heads=heads, num_kv_heads=heads,
                     head_dim=t.hidden_size // heads, intermediate_size=t.intermediate_size, vocab_size=0,
-                    tied_embeddings=False, block="llama" if (t.norm, t.mlp) == ("rms", "gated") else "opt",
+                    tied_embeddings=False, block=block,
                     extra={"hidden_act": t.hidden_act})
 
 
@@ -65,6 +75,16 @@ def _block_families(arch: ArchSpec, t: TowerSpec) -> list[LinearFamily]:
     return [f for f in arch.linear_families if f.scope == t.role and _IN_BLOCK.search(f.example + ".")]
 
 
+def layers_to_loss(t: TowerSpec) -> int:
+    """How many of the tower's layers feed the language model: LLaVA's ``vision_feature_layer`` indexes
+    ``hidden_states`` (the embeddings, then every layer's output), so -2 leaves the last layer out."""
+    layer = t.extra.get("vision_feature_layer")
+    L = max(t.num_layers, 1)
+    if t.role != "vision" or isinstance(layer, bool) or not isinstance(layer, int):
+        return L
+    return max(1, min(L, L + 1 + layer if layer < 0 else layer))
+
+
 def _stack_saved(arch: ArchSpec, t: TowerSpec, s: PlanSettings, tokens: int, targeted: set[str],
                  device: str) -> tuple[int, int]:
     """Bytes a trained tower saves for backward (the language model's formula on the tower's blocks), and,
@@ -74,10 +94,12 @@ def _stack_saved(arch: ArchSpec, t: TowerSpec, s: PlanSettings, tokens: int, tar
     est = activations.estimate(sub, seq_len=max(tokens // max(s.batch_size, 1), 1), full=s.mode == "full",
                                targeted=targeted, r=s.r, dt=dt, attn=s.attn_implementation,
                                lora_dropout=s.lora_dropout, device=device)
-    L = sub.num_layers
+    L = layers_to_loss(t)
+    # the final norm (post_layernorm) keeps its input only when the last layer's output is used
+    outside = est.outside_tokens if L == sub.num_layers else 0
     if s.gradient_checkpointing:   # each block's input; one block's activations while it is recomputed
         return int(tokens * L * t.hidden_size * dt.stream), int(tokens * est.per_layer_tokens)
-    return int(tokens * (L * est.per_layer_tokens - est.first_layer_discount + est.outside_tokens)
+    return int(tokens * (L * est.per_layer_tokens - est.first_layer_discount + outside)
                + est.shared_bytes * s.batch_size), 0
 
 
