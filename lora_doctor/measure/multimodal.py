@@ -41,6 +41,32 @@ MM_CONFIGS: dict[str, dict[str, Any]] = {
                            out_hidden_size=128, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
                            window_size=112, fullatt_block_indexes=[1]),
     ),
+    "gemma3": dict(
+        model_type="gemma3", image_token_id=IMAGE_TOKEN, boi_token_index=IMAGE_TOKEN + 1,
+        eoi_token_index=IMAGE_TOKEN + 2, mm_tokens_per_image=64,
+        text_config=dict(model_type="gemma3_text", hidden_size=128, intermediate_size=352, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=4096,
+                         sliding_window=64, max_position_embeddings=4096),
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=64, intermediate_size=256,
+                           num_hidden_layers=2, num_attention_heads=4, image_size=224, patch_size=14),
+    ),
+    "idefics3": dict(
+        model_type="idefics3", image_token_id=IMAGE_TOKEN, scale_factor=2,
+        text_config=dict(model_type="llama", hidden_size=128, intermediate_size=344, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, vocab_size=4096, max_position_embeddings=4096),
+        vision_config=dict(model_type="idefics3_vision", hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                           num_attention_heads=4, image_size=112, patch_size=14),
+    ),
+    "mllama": dict(
+        model_type="mllama", image_token_index=4096,   # one past the text vocabulary, as in the released models
+        text_config=dict(model_type="mllama_text_model", hidden_size=128, intermediate_size=352,
+                         num_hidden_layers=3, cross_attention_layers=[1], num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=4096, max_position_embeddings=4096, pad_token_id=0),
+        vision_config=dict(model_type="mllama_vision_model", hidden_size=64, intermediate_size=256,
+                           num_hidden_layers=2, num_global_layers=1, attention_heads=4, image_size=112,
+                           patch_size=14, max_num_tiles=4, intermediate_layers_indices=[0],
+                           vision_output_dim=128),
+    ),
     "whisper": dict(model_type="whisper", d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                     decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256, vocab_size=4096,
                     num_mel_bins=80, max_source_positions=1500, max_target_positions=448,
@@ -48,7 +74,8 @@ MM_CONFIGS: dict[str, dict[str, Any]] = {
                     begin_suppress_tokens=None, suppress_tokens=None),
 }
 AUTO_CLASSES = {"llava": "AutoModelForImageTextToText", "qwen2_vl": "AutoModelForImageTextToText",
-                "qwen2_5_vl": "AutoModelForImageTextToText", "whisper": "AutoModelForSpeechSeq2Seq"}
+                "qwen2_5_vl": "AutoModelForImageTextToText", "gemma3": "AutoModelForImageTextToText",
+                "idefics3": "AutoModelForImageTextToText", "mllama": "AutoModelForImageTextToText", "whisper": "AutoModelForSpeechSeq2Seq"}
 QWEN = ("qwen2_vl", "qwen2_5_vl")
 
 
@@ -76,6 +103,8 @@ MM_CASES: tuple[MMCase, ...] = (
     MMCase("qwen2-vl lora all-linear bf16 +gc", "qwen2_vl", _s(1, (448, 448), target_modules="all-linear", seq_len=128, batch_size=2, gradient_checkpointing=True)),
     MMCase("qwen2-vl full fp32 448x448", "qwen2_vl", _s(1, (448, 448), mode="full", dtype="fp32", seq_len=128, batch_size=1)),
     MMCase("qwen2.5-vl lora all-linear bf16 2x 336x448", "qwen2_5_vl", _s(2, (336, 448), target_modules="all-linear", seq_len=128, batch_size=1)),
+    MMCase("gemma3 lora all-linear bf16 1 img", "gemma3", _s(1, target_modules="all-linear", seq_len=128, batch_size=2)),
+    MMCase("gemma3 full fp32 2 img", "gemma3", _s(2, mode="full", dtype="fp32", seq_len=128, batch_size=1)),
     MMCase("whisper lora q,v bf16", "whisper", _s(target_modules=QV, seq_len=128, batch_size=2)),
     MMCase("whisper lora all-linear fp32", "whisper", _s(target_modules="all-linear", dtype="fp32", seq_len=128, batch_size=2)),
     MMCase("whisper full fp32", "whisper", _s(mode="full", dtype="fp32", seq_len=128, batch_size=2)),
@@ -131,6 +160,8 @@ class MultimodalSamples(torch.utils.data.Dataset):
         else:
             h, w = self.ip.planned_size
             sample["pixel_values"] = torch.randn(self.ip.images, 3, h, w, generator=self.g)
+        if self.model == "gemma3":   # the processor marks image tokens: they attend to each other both ways
+            sample["token_type_ids"] = (ids == IMAGE_TOKEN).long()
         return sample
 
 

@@ -51,17 +51,25 @@ def _image_token_id(resolved: ResolvedModel) -> int:
     raise UnsupportedModelError(f"{config.model_type}: no image_token_id in the config")
 
 
-def _llava(resolved: ResolvedModel, s: PlanSettings, ip: InputPlan) -> Batch:
-    if not ip.images:
-        return _text(resolved, s, ip)
+def _image_first(resolved: ResolvedModel, s: PlanSettings, ip: InputPlan) -> Batch:
+    """Every sample's image tokens, then ``seq_len`` text tokens; labels ignore the image tokens."""
     image = torch.full((s.batch_size, ip.lm_image_tokens), _image_token_id(resolved), dtype=torch.long)
     ids = torch.cat([image, torch.zeros(s.batch_size, s.seq_len, dtype=torch.long)], dim=1)
     labels = torch.cat([torch.full_like(image, -100), ids[:, ip.lm_image_tokens:]], dim=1)
+    return {"input_ids": ids, "labels": labels}
+
+
+def _images(s: PlanSettings, ip: InputPlan) -> torch.Tensor:
     h, w = ip.planned_size or (0, 0)
-    pixels = torch.empty(s.batch_size * ip.images, 3, h, w, dtype=PIXEL_DTYPE)
+    return torch.empty(s.batch_size * ip.images, 3, h, w, dtype=PIXEL_DTYPE)
+
+
+def _llava(resolved: ResolvedModel, s: PlanSettings, ip: InputPlan) -> Batch:
+    if not ip.images:
+        return _text(resolved, s, ip)
     # no attention_mask: the collator's is all ones, which a real run reads as "no mask" (SDPA's is_causal);
     # a fake all-ones mask can't be read, and the model would build an explicit [b, 1, s, s] mask instead
-    return {"input_ids": ids, "labels": labels, "pixel_values": pixels}
+    return dict(_image_first(resolved, s, ip), pixel_values=_images(s, ip))
 
 
 def _qwen2_vl(resolved: ResolvedModel, s: PlanSettings, ip: InputPlan) -> Batch:
@@ -91,6 +99,16 @@ def _qwen2_vl(resolved: ResolvedModel, s: PlanSettings, ip: InputPlan) -> Batch:
     return batch
 
 
+def _gemma3(resolved: ResolvedModel, s: PlanSettings, ip: InputPlan) -> Batch:
+    """LLaVA's layout plus ``token_type_ids`` (1 on image tokens), real: Gemma-3 reads them to let each
+    image's tokens attend to each other both ways (the processor returns them for training)."""
+    if not ip.images:
+        return _text(resolved, s, ip)
+    batch = real(lambda: _image_first(resolved, s, ip))
+    batch["token_type_ids"] = real(lambda: (batch["input_ids"] == _image_token_id(resolved)).long())
+    return dict(batch, pixel_values=_images(s, ip))     # fake: the images are big, and never read
+
+
 def _whisper(resolved: ResolvedModel, s: PlanSettings, ip: InputPlan) -> Batch:
     audio = tower(resolved.arch.towers, "audio")
     bins = int(audio.extra.get("num_mel_bins", 80)) if audio is not None else 80
@@ -104,6 +122,7 @@ BATCHES: dict[str, Callable[[ResolvedModel, PlanSettings, InputPlan], Batch]] = 
     "llava": _llava,
     "qwen2_vl": _qwen2_vl,
     "qwen2_5_vl": _qwen2_vl,
+    "gemma3": _gemma3,
     "whisper": _whisper,
 }
 

@@ -50,8 +50,12 @@ METADATA_FUNCTIONS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
+# families whose batch carries real integer tensors the model reads (ids, token types, grids, masks)
+REAL_METADATA: frozenset[str] = frozenset({*METADATA_FUNCTIONS, "gemma3"})
+
+
 def needs_real_metadata(model_type: str) -> bool:
-    return model_type in METADATA_FUNCTIONS
+    return model_type in REAL_METADATA
 
 
 def real(build: Callable[[], Any]) -> Any:
@@ -102,7 +106,7 @@ def real_metadata(model_type: str) -> Iterator[None]:
         yield
         return
     saved = []
-    for module_name, dotted in METADATA_FUNCTIONS[model_type]:
+    for module_name, dotted in METADATA_FUNCTIONS.get(model_type, ()):
         if module_name not in sys.modules:   # loaded when the model was built; never imported here
             continue
         owner, attr = _owner(importlib.import_module(module_name), dotted)
