@@ -9,8 +9,10 @@ against the model's towers and turns it into token counts, as each model's proce
   (processor defaults 56*56 and 28*28*1280), 14 x 14 patches, 2 x 2 merged per token.
 * Idefics3 / SmolVLM: the longest edge resized to 4 tiles, split into tiles of the tower's
   image size plus one global tile; each tile gives (side / patch)^2 / scale_factor^2 tokens.
-* Llama-3.2-Vision (mllama): up to ``max_num_tiles`` tiles of (side / patch)^2 + 1 patches; the
-  image reaches the text through cross-attention, one ``<|image|>`` token in the sequence.
+* Llama-3.2-Vision (mllama): the processor pads every image to ``max_num_tiles`` tiles of
+  (side / patch)^2 + 1 patches (padding tiles are masked, not skipped), and the vision tower pads
+  each tile to a multiple of 8 patches; the image reaches the text through cross-attention over
+  ``max_num_tiles x ((side / patch)^2 + 1)`` vision tokens, one ``<|image|>`` token in the sequence.
 * Whisper: the feature extractor pads every clip to 30 s = 3000 mel frames; the conv front-end
   (stride 2) gives 1500 encoder frames.
 """
@@ -74,6 +76,7 @@ class InputPlan:
     lm_tokens_per_image: int = 0      # tokens each image adds to the language model's sequence
     vision_seq_per_image: int = 0     # tokens the vision tower runs over per image (patches, all tiles)
     planned_size: tuple[int, int] | None = None   # (height, width) after the processor's resize
+    cross_tokens_per_image: int = 0   # vision tokens the language model cross-attends to per image (mllama)
     audio_frames: int = 0             # encoder frames after the conv front-end (Whisper: 1500)
     mel_frames: int = 0               # mel frames into the conv front-end (Whisper: 3000)
     notes: tuple[str, ...] = ()
@@ -89,6 +92,7 @@ class _ImageCount:
     vision_seq: int
     size: tuple[int, int] | None
     notes: tuple[str, ...] = ()
+    cross_tokens: int = 0
 
 
 def _resize_note(size: tuple[int, int] | None, to: tuple[int, int], who: str) -> tuple[str, ...]:
@@ -162,12 +166,11 @@ def _idefics3(v: TowerSpec, size: tuple[int, int] | None) -> _ImageCount:
 
 def _mllama(v: TowerSpec, size: tuple[int, int] | None) -> _ImageCount:
     side, tiles = v.image_size, int(v.extra.get("max_num_tiles", 4) or 4)
-    if size is not None:
-        tiles = min(tiles, math.ceil(size[0] / side) * math.ceil(size[1] / side))
-    patches = (side // max(v.patch_size, 1)) ** 2 + 1
-    notes = ("Llama-3.2-Vision: the image reaches the text through cross-attention layers; their keys and "
-             "values over the vision tokens are not modelled (estimate low by that)",)
-    return _ImageCount(1, tiles * patches, None, notes)
+    patches = (side // max(v.patch_size, 1)) ** 2 + 1          # + the class token of every tile
+    used = tiles if size is None else min(tiles, math.ceil(size[0] / side) * math.ceil(size[1] / side))
+    notes = (f"Llama-3.2-Vision: the image fills {used} of {tiles} tiles; the processor pads it to {tiles} and the "
+             f"vision tower and cross-attention run over all of them ({tiles * patches} vision tokens per image)",)
+    return _ImageCount(1, tiles * (-(-patches // 8) * 8), None, notes, cross_tokens=tiles * patches)
 
 
 # TowerLayout.tokens -> how that family's processor turns an image into tokens
@@ -205,7 +208,8 @@ def plan_inputs(arch: ArchSpec, inputs: InputSettings) -> InputPlan:
     notes.append(f"{inputs.images_per_sample} image(s) per sample add {inputs.images_per_sample * lm_tokens} tokens "
                  f"to the language model's sequence (seq_len counts the text tokens only); the vision tower runs "
                  f"over {count.vision_seq} patches per image")
-    return InputPlan(inputs.images_per_sample, lm_tokens, count.vision_seq, count.size, notes=tuple(notes))
+    return InputPlan(inputs.images_per_sample, lm_tokens, count.vision_seq, count.size, count.cross_tokens,
+                     notes=tuple(notes))
 
 
 def _audio(audio: TowerSpec, seconds: float | None) -> InputPlan:

@@ -109,6 +109,39 @@ def _gemma3(resolved: ResolvedModel, s: PlanSettings, ip: InputPlan) -> Batch:
     return dict(batch, pixel_values=_images(s, ip))     # fake: the images are big, and never read
 
 
+def _idefics3(resolved: ResolvedModel, s: PlanSettings, ip: InputPlan) -> Batch:
+    """Every tile is an image to the model: ``pixel_values`` ``[batch, images x tiles, 3, side, side]`` and
+    the processor's ``pixel_attention_mask``. Both are real (ones): Idefics3 drops all-zero padding images
+    by reading the pixel values and skips the vision mask by reading it (their real-run memory is kept)."""
+    if not ip.images:
+        return _text(resolved, s, ip)
+    side = int(resolved.config().vision_config.image_size)
+    tiles = ip.vision_seq_per_image // max((side // int(resolved.config().vision_config.patch_size)) ** 2, 1)
+
+    def metadata() -> Batch:
+        return dict(_image_first(resolved, s, ip),
+                    pixel_values=torch.ones(s.batch_size, ip.images * tiles, 3, side, side, dtype=PIXEL_DTYPE),
+                    pixel_attention_mask=torch.ones(s.batch_size, ip.images * tiles, side, side, dtype=torch.bool))
+
+    return real(metadata)
+
+
+def _mllama(resolved: ResolvedModel, s: PlanSettings, ip: InputPlan) -> Batch:
+    """One ``<|image|>`` token per image, then the text; the processor pads every image to ``max_num_tiles``
+    tiles: ``pixel_values`` ``[batch, images, tiles, 3, side, side]``, ``aspect_ratio_ids`` / ``_mask`` and the
+    ``cross_attention_mask`` ``[batch, seq, images, tiles]`` (all fake: Mllama reads none of their values)."""
+    if not ip.images:
+        return _text(resolved, s, ip)
+    vision = resolved.config().vision_config
+    side, tiles = int(vision.image_size), int(vision.max_num_tiles)
+    batch = _image_first(resolved, s, ip)
+    seq = batch["input_ids"].shape[1]
+    return dict(batch, pixel_values=torch.empty(s.batch_size, ip.images, tiles, 3, side, side, dtype=PIXEL_DTYPE),
+                aspect_ratio_ids=torch.ones(s.batch_size, ip.images, dtype=torch.long),
+                aspect_ratio_mask=torch.ones(s.batch_size, ip.images, tiles, dtype=torch.long),
+                cross_attention_mask=torch.ones(s.batch_size, seq, ip.images, tiles, dtype=torch.long))
+
+
 def _whisper(resolved: ResolvedModel, s: PlanSettings, ip: InputPlan) -> Batch:
     audio = tower(resolved.arch.towers, "audio")
     bins = int(audio.extra.get("num_mel_bins", 80)) if audio is not None else 80
@@ -123,6 +156,8 @@ BATCHES: dict[str, Callable[[ResolvedModel, PlanSettings, InputPlan], Batch]] = 
     "qwen2_vl": _qwen2_vl,
     "qwen2_5_vl": _qwen2_vl,
     "gemma3": _gemma3,
+    "idefics3": _idefics3,
+    "mllama": _mllama,
     "whisper": _whisper,
 }
 

@@ -51,7 +51,7 @@ METADATA_FUNCTIONS: dict[str, tuple[tuple[str, str], ...]] = {
 
 
 # families whose batch carries real integer tensors the model reads (ids, token types, grids, masks)
-REAL_METADATA: frozenset[str] = frozenset({*METADATA_FUNCTIONS, "gemma3"})
+REAL_METADATA: frozenset[str] = frozenset({*METADATA_FUNCTIONS, "gemma3", "idefics3"})
 
 
 def needs_real_metadata(model_type: str) -> bool:
