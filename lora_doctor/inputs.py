@@ -77,6 +77,7 @@ class InputPlan:
     vision_seq_per_image: int = 0     # tokens the vision tower runs over per image (patches, all tiles)
     planned_size: tuple[int, int] | None = None   # (height, width) after the processor's resize
     cross_tokens_per_image: int = 0   # vision tokens the language model cross-attends to per image (mllama)
+    pixels_per_image: int = 0         # pixel positions per image in pixel_values (all tiles; Qwen: x temporal)
     audio_frames: int = 0             # encoder frames after the conv front-end (Whisper: 1500)
     mel_frames: int = 0               # mel frames into the conv front-end (Whisper: 3000)
     notes: tuple[str, ...] = ()
@@ -93,6 +94,7 @@ class _ImageCount:
     size: tuple[int, int] | None
     notes: tuple[str, ...] = ()
     cross_tokens: int = 0
+    pixels: int = 0           # pixel positions per image the processor returns (x channels, fp32)
 
 
 def _resize_note(size: tuple[int, int] | None, to: tuple[int, int], who: str) -> tuple[str, ...]:
@@ -106,7 +108,7 @@ def _fixed_square(v: TowerSpec, size: tuple[int, int] | None, who: str, cls_toke
     side, patch = v.image_size, max(v.patch_size, 1)
     patches = (side // patch) ** 2
     return _ImageCount(v.tokens_per_image or patches, patches + cls_token, (side, side),
-                       _resize_note(size, (side, side), who))
+                       _resize_note(size, (side, side), who), pixels=side * side)
 
 
 def _llava(v: TowerSpec, size: tuple[int, int] | None) -> _ImageCount:
@@ -144,7 +146,9 @@ def _qwen2_vl(v: TowerSpec, size: tuple[int, int] | None) -> _ImageCount:
     resized = smart_resize(size[0], size[1], factor)
     notes.extend(_resize_note(size, resized, "Qwen2-VL (min_pixels 56*56, max_pixels 28*28*1280)"))
     patches = (resized[0] // v.patch_size) * (resized[1] // v.patch_size)
-    return _ImageCount(patches // v.merge_size ** 2, patches, resized, tuple(notes))
+    temporal = int(v.extra.get("temporal_patch_size", 1) or 1)   # the frame is repeated per temporal patch
+    return _ImageCount(patches // v.merge_size ** 2, patches, resized, tuple(notes),
+                       pixels=resized[0] * resized[1] * temporal)
 
 
 def _idefics3(v: TowerSpec, size: tuple[int, int] | None) -> _ImageCount:
@@ -161,7 +165,8 @@ def _idefics3(v: TowerSpec, size: tuple[int, int] | None) -> _ImageCount:
         tiles = (resized[0] // side) * (resized[1] // side)
         note = _resize_note(size, resized, "Idefics3 (longest edge 4 tiles)")
     tiles = tiles + 1 if tiles > 1 else 1     # a global tile is added when the image is split
-    return _ImageCount(tiles * per_tile_patches // scale ** 2, tiles * per_tile_patches, resized, note)
+    return _ImageCount(tiles * per_tile_patches // scale ** 2, tiles * per_tile_patches, resized, note,
+                       pixels=tiles * side * side)
 
 
 def _mllama(v: TowerSpec, size: tuple[int, int] | None) -> _ImageCount:
@@ -170,7 +175,8 @@ def _mllama(v: TowerSpec, size: tuple[int, int] | None) -> _ImageCount:
     used = tiles if size is None else min(tiles, math.ceil(size[0] / side) * math.ceil(size[1] / side))
     notes = (f"Llama-3.2-Vision: the image fills {used} of {tiles} tiles; the processor pads it to {tiles} and the "
              f"vision tower and cross-attention run over all of them ({tiles * patches} vision tokens per image)",)
-    return _ImageCount(1, tiles * (-(-patches // 8) * 8), None, notes, cross_tokens=tiles * patches)
+    return _ImageCount(1, tiles * (-(-patches // 8) * 8), None, notes, cross_tokens=tiles * patches,
+                       pixels=tiles * side * side)
 
 
 # TowerLayout.tokens -> how that family's processor turns an image into tokens
@@ -209,7 +215,7 @@ def plan_inputs(arch: ArchSpec, inputs: InputSettings) -> InputPlan:
                  f"to the language model's sequence (seq_len counts the text tokens only); the vision tower runs "
                  f"over {count.vision_seq} patches per image")
     return InputPlan(inputs.images_per_sample, lm_tokens, count.vision_seq, count.size, count.cross_tokens,
-                     notes=tuple(notes))
+                     count.pixels, notes=tuple(notes))
 
 
 def _audio(audio: TowerSpec, seconds: float | None) -> InputPlan:

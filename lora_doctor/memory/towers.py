@@ -13,8 +13,8 @@ sequence (text + image tokens); this module adds what the towers contribute:
 * a frozen tower saves nothing: its forward leaves only transients (one block's working set; LLaVA
   also keeps every layer's hidden state because it asks for ``output_hidden_states``);
 * the projector saves its inputs when it or anything before it trains;
-* Whisper's decoder cross-attends to the 1500 encoder frames: per layer it keeps the keys and values
-  over those frames (SDPA saves them), its own LayerNorm and the adapters' inputs;
+* cross-attention to the encoder's tokens (Whisper's decoder, Llama-3.2-Vision's cross-attention
+  layers) keeps keys and values over those tokens in every such layer: :mod:`.cross_attention`;
 * the inputs themselves (``pixel_values`` / ``input_features`` as the processor returns them, fp32)
   and Whisper's encoder output stay alive through the step. On the CPU (``device="cpu"``) the next
   batch is there too: accelerate's ``DataLoaderShard`` fetches one batch ahead and only moves the
@@ -30,7 +30,7 @@ from ..arch import ArchSpec, LinearFamily
 from ..inputs import InputPlan, plan_inputs
 from ..plan_types import PlanSettings
 from ..towers import TowerSpec, tower
-from . import activations
+from . import activations, cross_attention
 from .analytic import _dtypes
 from .targets import targeted_families
 
@@ -124,30 +124,9 @@ def _projector_saved(arch: ArchSpec, proj: TowerSpec | None, tokens: int, s: Pla
             saved += f.in_features * dt.matmul * f.count
         elif f.example in targeted:
             saved += (f.in_features + s.r) * (dt.autocast or dt.adapter) * f.count
-    if fams and trains:   # the activation between the two linears keeps its input for the gradient
+    if len(fams) > 1 and trains:   # the activation between the two linears keeps its input for the gradient
         saved += fams[0].out_features * dt.linear_out
     return int(tokens * saved)
-
-
-def _cross_saved(arch: ArchSpec, s: PlanSettings, dec_tokens: int, enc_tokens: int, targeted: set[str]) -> int:
-    """Whisper's decoder cross-attention per layer: LayerNorm, q/out over decoder tokens, k/v over frames."""
-    dt = _dtypes(s)
-    h, H, L = arch.hidden_size, arch.num_heads, max(arch.num_layers, 1)
-    pa = dt.attention
-    per_layer = dec_tokens * (dt.stream * h + 8 + 2 * h * pa + 4 * H) + enc_tokens * 2 * h * pa
-    lora_dtype = dt.autocast or dt.adapter
-    shared = not dt.autocast and dt.linear_out == dt.adapter and s.lora_dropout == 0
-    for f in arch.linear_families:
-        if f.scope != "cross":
-            continue
-        on_frames = f.name in ("k_proj", "v_proj")
-        tokens = enc_tokens if on_frames else dec_tokens
-        per = f.count / L
-        if s.mode == "full" and not on_frames:
-            per_layer += tokens * f.in_features * dt.matmul * per
-        elif f.example in targeted:
-            per_layer += tokens * ((0 if shared and on_frames else f.in_features) + s.r) * lora_dtype * per
-    return int(per_layer * L)
 
 
 def _input_bytes(arch: ArchSpec, ip: InputPlan, s: PlanSettings) -> int:
@@ -158,8 +137,8 @@ def _input_bytes(arch: ArchSpec, ip: InputPlan, s: PlanSettings) -> int:
         return int(s.batch_size * ip.mel_frames * int(audio.extra.get("num_mel_bins", 80)) * _dtypes(s).stream)
     if vision is None or not ip.images:
         return 0
-    per_patch = 3 * vision.patch_size ** 2 * int(vision.extra.get("temporal_patch_size", 1))
-    return int(s.batch_size * ip.images * ip.vision_seq_per_image * per_patch * PIXEL_BYTES)
+    channels = int(vision.extra.get("num_channels", 3) or 3)
+    return int(s.batch_size * ip.images * ip.pixels_per_image * channels * PIXEL_BYTES)
 
 
 def tower_terms(arch: ArchSpec, s: PlanSettings, device: str = "cuda") -> tuple[TowerTerms, InputPlan]:
@@ -187,8 +166,14 @@ def tower_terms(arch: ArchSpec, s: PlanSettings, device: str = "cuda") -> tuple[
         else:
             notes.append("the vision tower is frozen: its forward keeps nothing for backward")
         transient = _forward_working_set(vision, v_tokens, s, keeps_hidden_states=arch.model_type == "llava")
-        saved += _projector_saved(arch, proj, b * ip.lm_image_tokens, s,
-                                  bool({"vision", "projector"} & set(trains)), targeted)
+        # the projector maps every vision token the text reads: merged tokens, or mllama's cross-attended ones
+        p_tokens = b * ip.images * (ip.cross_tokens_per_image or ip.lm_tokens_per_image)
+        saved += _projector_saved(arch, proj, p_tokens, s, bool({"vision", "projector"} & set(trains)), targeted)
+        if ip.cross_tokens_per_image:
+            saved += cross_attention.vision_cross_saved(arch, s, b * (s.seq_len + ip.lm_image_tokens),
+                                                        b * ip.images * ip.cross_tokens_per_image, targeted)
+            notes.append(f"cross-attention over {ip.images * ip.cross_tokens_per_image} vision tokens per sample: "
+                         "every cross-attention layer saves its keys and values over them, and the mask")
     if audio is not None:
         a_tokens = b * ip.audio_frames
         resident += _input_bytes(arch, ip, s)
@@ -199,7 +184,7 @@ def tower_terms(arch: ArchSpec, s: PlanSettings, device: str = "cuda") -> tuple[
             if full:   # conv front-end: conv1 input, gelu/conv2 inputs at 3000 frames, gelu at 1500
                 saved += int(b * ip.mel_frames * (audio.hidden_size * 2 * _dtypes(s).linear_out))
         transient = _forward_working_set(audio, a_tokens, s, keeps_hidden_states=False)
-        saved += _cross_saved(arch, s, b * s.seq_len, a_tokens, targeted)
+        saved += cross_attention.audio_cross_saved(arch, s, b * s.seq_len, a_tokens, targeted)
     if device == "cpu":   # the look-ahead batch of accelerate's DataLoaderShard lives on the same device
         resident += _input_bytes(arch, ip, s)
     lm_seq = s.seq_len + ip.lm_image_tokens
