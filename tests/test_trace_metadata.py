@@ -1,4 +1,5 @@
-"""Qwen2-VL / Qwen2.5-VL under the trace: real integer metadata inside a fake step, scoped and restored."""
+"""Multimodal families under the trace: real integer metadata inside a fake step (Qwen2-VL / Qwen2.5-VL,
+Gemma-3, Idefics3), scoped and restored; the fake step equals the same step on real tensors."""
 
 from __future__ import annotations
 
@@ -70,3 +71,14 @@ def test_real_metadata_runs_real_ops_for_real_and_leaves_fake_ones_fake():
             fake_sizes = grid.prod(-1)
     assert sizes == [80, 16] and seqlens.tolist() == [320, 64]
     assert isinstance(mixed, FakeTensor) and isinstance(fake_sizes, FakeTensor)
+
+
+@pytest.mark.parametrize("name, size", [("gemma3", None), ("idefics3", (112, 112)), ("mllama", (112, 112))])
+def test_fake_step_equals_the_real_step(name, size):
+    """Gemma-3's bidirectional image mask, Idefics3's tiles (real pixel values), mllama's cross-attention."""
+    resolved = resolve(MM_CONFIGS[name])
+    settings = PlanSettings(inputs=InputSettings(1, size), target_modules="all-linear", seq_len=16, batch_size=1)
+    fake = trace_step(resolved, settings, foreach=False)
+    real = trace_step(resolved, settings, fake=False, foreach=False)
+    assert fake.peak_bytes == real.peak_bytes and fake.peak_phase == real.peak_phase
+    assert torch._C._len_torch_dispatch_stack() == 0

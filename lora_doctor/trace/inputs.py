@@ -13,6 +13,9 @@ Built as a real collator returns it, with the shapes :func:`lora_doctor.inputs.p
   temporal_patch x patch^2]``; ``image_grid_thw`` ``[batch x images, 3]`` and ``mm_token_type_ids``
   (1 on image tokens) as the processor returns them. The integer tensors (ids, labels, token types,
   grids) are real, not fake: the model reads their values (see :mod:`lora_doctor.trace.metadata`);
+* Gemma-3: LLaVA's layout plus real ``token_type_ids``; Idefics3: every tile an image, with real
+  pixel values and pixel mask; Llama-3.2-Vision: one image token per image, tiles padded to
+  ``max_num_tiles``, and the processor's aspect-ratio and cross-attention masks (the builders below);
 * Whisper: ``input_features`` of ``[batch, mel bins, 3000]`` in the model dtype (what the collator
   casts them to), ``decoder_input_ids`` and ``labels`` of ``[batch, seq_len]``.
 
