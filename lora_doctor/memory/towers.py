@@ -13,6 +13,8 @@ sequence (text + image tokens); this module adds what the towers contribute:
 * a frozen tower saves nothing: its forward leaves only transients (one block's working set; LLaVA
   also keeps every layer's hidden state because it asks for ``output_hidden_states``);
 * the projector saves its inputs when it or anything before it trains;
+* Gemma-3's image tokens attend to each other both ways, so its attention mask is explicit: every
+  layer's SDPA keeps the mask and keys / values repeated to every head (:data:`BIDIRECTIONAL_IMAGES`);
 * cross-attention to the encoder's tokens (Whisper's decoder, Llama-3.2-Vision's cross-attention
   layers) keeps keys and values over those tokens in every such layer: :mod:`.cross_attention`;
 * the inputs themselves (``pixel_values`` / ``input_features`` as the processor returns them, fp32)
@@ -129,6 +131,20 @@ def _projector_saved(arch: ArchSpec, proj: TowerSpec | None, tokens: int, s: Pla
     return int(tokens * saved)
 
 
+# model_types whose image tokens attend to each other both ways (token_type_ids): the language model's
+# attention mask is explicit instead of SDPA's causal flag
+BIDIRECTIONAL_IMAGES = frozenset({"gemma3"})
+
+
+def _explicit_mask_saved(arch: ArchSpec, s: PlanSettings, lm_seq: int) -> int:
+    """With an explicit mask SDPA keeps, in every layer, the mask as floats ``[b, 1, s, s]`` and keys and
+    values repeated to every query head (transformers' ``use_gqa_in_sdpa`` is off with a mask); the
+    language model's recipe counted keys and values at the kv-head width."""
+    pa = _dtypes(s).attention
+    repeat = 2 * (arch.num_heads - arch.num_kv_heads) * arch.head_dim * pa
+    return int(arch.num_layers * s.batch_size * lm_seq * (repeat + lm_seq * pa))
+
+
 def _input_bytes(arch: ArchSpec, ip: InputPlan, s: PlanSettings) -> int:
     """One batch of pixel values (fp32, as image processors return them) or audio features (cast by the
     collator to the model dtype: Whisper's conv front-end rejects fp32 features on a bf16 model)."""
@@ -188,6 +204,10 @@ def tower_terms(arch: ArchSpec, s: PlanSettings, device: str = "cuda") -> tuple[
     if device == "cpu":   # the look-ahead batch of accelerate's DataLoaderShard lives on the same device
         resident += _input_bytes(arch, ip, s)
     lm_seq = s.seq_len + ip.lm_image_tokens
+    if arch.model_type in BIDIRECTIONAL_IMAGES and ip.images:
+        saved += _explicit_mask_saved(arch, s, lm_seq)
+        notes.append("image tokens attend to each other both ways: the attention mask is explicit, so every layer "
+                     "keeps it and keys / values repeated to every head")
     return TowerTerms(lm_seq, saved, transient, resident, recompute, trains, tuple(notes)), ip
 
 
