@@ -157,7 +157,8 @@ def test_trace_runs_every_family_and_agrees_with_analytic(name, inputs):
     analytic = plan(MM_CONFIGS[name], **kw)
     assert traced.engine == "trace" and "trace_error" not in traced.details
     assert not any("trace engine does not run" in n or "trace failed" in n for n in traced.notes)
-    assert traced.peak_bytes == pytest.approx(analytic.peak_bytes, rel=0.04)
+    # Gemma-3: the analytic language model lacks its four norms per layer and q/k norms (docs/multimodal.md)
+    assert traced.peak_bytes == pytest.approx(analytic.peak_bytes, rel=0.06 if name == "gemma3" else 0.04)
     # the images / audio are in the step: without them the traced peak is lower
     if name != "whisper":
         text_only = plan(MM_CONFIGS[name], engine="trace", **dict(kw, images_per_sample=0, image_size=None))
