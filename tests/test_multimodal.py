@@ -165,10 +165,13 @@ def test_trace_runs_every_family_and_agrees_with_analytic(name, inputs):
         assert text_only.peak_bytes < traced.peak_bytes
 
 
-def test_trace_engine_falls_back_with_a_note_for_gemma3():
-    p = plan("google/gemma-3-4b-it", target_modules="all-linear", engine="trace", images_per_sample=1)
-    assert p.engine == "analytic" and "trace engine does not run gemma3" in p.notes[0]
-    assert "qwen2_vl" in p.notes[0] and "qwen2_5_vl" in p.notes[0]    # what it does trace
+def test_trace_engine_falls_back_with_a_note_for_smolvlm():
+    config = dict(model_type="smolvlm", image_token_id=999, scale_factor=2, text_config=SMALL_TEXT,
+                  vision_config=dict(model_type="smolvlm_vision", hidden_size=64, intermediate_size=128,
+                                     num_hidden_layers=1, num_attention_heads=4, image_size=112, patch_size=14))
+    p = plan(config, target_modules="all-linear", engine="trace", images_per_sample=1, device="cpu")
+    assert p.engine == "analytic" and "trace engine does not run smolvlm" in p.notes[0]
+    assert all(name in p.notes[0] for name in ("gemma3", "idefics3", "mllama", "qwen2_5_vl"))   # what it traces
 
 
 def test_cli_plan_with_images(capsys):
