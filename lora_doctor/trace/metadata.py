@@ -32,7 +32,6 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 # model_type -> (module, dotted attribute) of the helpers that compute metadata from the grids
 METADATA_FUNCTIONS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -66,15 +65,28 @@ def real(build: Callable[[], Any]) -> Any:
         return build()
 
 
+def _all_real(args: tuple, kwargs: dict) -> bool:
+    """Whether the op has tensor inputs and none is fake (ops take tensors, or lists of them, at the top level);
+    returns at the first fake tensor, which is where almost every op of a trace stops."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    seen = False
+    for arg in (*args, *kwargs.values()):
+        for t in arg if isinstance(arg, (list, tuple)) else (arg,):
+            if isinstance(t, FakeTensor):
+                return False
+            seen = seen or isinstance(t, torch.Tensor)
+    return seen
+
+
 class RealMetadata(TorchDispatchMode):
     """Run an op for real when none of its tensor inputs is fake (see the module docstring)."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
 
         kwargs = kwargs or {}
-        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-        if tensors and not any(isinstance(t, FakeTensor) for t in tensors):
+        if _all_real(args, kwargs):
             with unset_fake_temporarily():
                 return func(*args, **kwargs)
         return func(*args, **kwargs)
