@@ -9,8 +9,10 @@ against the model's towers and turns it into token counts, as each model's proce
   (processor defaults 56*56 and 28*28*1280), 14 x 14 patches, 2 x 2 merged per token.
 * Idefics3 / SmolVLM: the longest edge resized to 4 tiles, split into tiles of the tower's
   image size plus one global tile; each tile gives (side / patch)^2 / scale_factor^2 tokens.
-* Llama-3.2-Vision (mllama): up to ``max_num_tiles`` tiles of (side / patch)^2 + 1 patches; the
-  image reaches the text through cross-attention, one ``<|image|>`` token in the sequence.
+* Llama-3.2-Vision (mllama): the processor pads every image to ``max_num_tiles`` tiles of
+  (side / patch)^2 + 1 patches (padding tiles are masked, not skipped), and the vision tower pads
+  each tile to a multiple of 8 patches; the image reaches the text through cross-attention over
+  ``max_num_tiles x ((side / patch)^2 + 1)`` vision tokens, one ``<|image|>`` token in the sequence.
 * Whisper: the feature extractor pads every clip to 30 s = 3000 mel frames; the conv front-end
   (stride 2) gives 1500 encoder frames.
 """
@@ -74,6 +76,8 @@ class InputPlan:
     lm_tokens_per_image: int = 0      # tokens each image adds to the language model's sequence
     vision_seq_per_image: int = 0     # tokens the vision tower runs over per image (patches, all tiles)
     planned_size: tuple[int, int] | None = None   # (height, width) after the processor's resize
+    cross_tokens_per_image: int = 0   # vision tokens the language model cross-attends to per image (mllama)
+    pixels_per_image: int = 0         # pixel positions per image in pixel_values (all tiles; Qwen: x temporal)
     audio_frames: int = 0             # encoder frames after the conv front-end (Whisper: 1500)
     mel_frames: int = 0               # mel frames into the conv front-end (Whisper: 3000)
     notes: tuple[str, ...] = ()
@@ -89,6 +93,8 @@ class _ImageCount:
     vision_seq: int
     size: tuple[int, int] | None
     notes: tuple[str, ...] = ()
+    cross_tokens: int = 0
+    pixels: int = 0           # pixel positions per image the processor returns (x channels, fp32)
 
 
 def _resize_note(size: tuple[int, int] | None, to: tuple[int, int], who: str) -> tuple[str, ...]:
@@ -102,7 +108,7 @@ def _fixed_square(v: TowerSpec, size: tuple[int, int] | None, who: str, cls_toke
     side, patch = v.image_size, max(v.patch_size, 1)
     patches = (side // patch) ** 2
     return _ImageCount(v.tokens_per_image or patches, patches + cls_token, (side, side),
-                       _resize_note(size, (side, side), who))
+                       _resize_note(size, (side, side), who), pixels=side * side)
 
 
 def _llava(v: TowerSpec, size: tuple[int, int] | None) -> _ImageCount:
@@ -140,7 +146,9 @@ def _qwen2_vl(v: TowerSpec, size: tuple[int, int] | None) -> _ImageCount:
     resized = smart_resize(size[0], size[1], factor)
     notes.extend(_resize_note(size, resized, "Qwen2-VL (min_pixels 56*56, max_pixels 28*28*1280)"))
     patches = (resized[0] // v.patch_size) * (resized[1] // v.patch_size)
-    return _ImageCount(patches // v.merge_size ** 2, patches, resized, tuple(notes))
+    temporal = int(v.extra.get("temporal_patch_size", 1) or 1)   # the frame is repeated per temporal patch
+    return _ImageCount(patches // v.merge_size ** 2, patches, resized, tuple(notes),
+                       pixels=resized[0] * resized[1] * temporal)
 
 
 def _idefics3(v: TowerSpec, size: tuple[int, int] | None) -> _ImageCount:
@@ -157,17 +165,18 @@ def _idefics3(v: TowerSpec, size: tuple[int, int] | None) -> _ImageCount:
         tiles = (resized[0] // side) * (resized[1] // side)
         note = _resize_note(size, resized, "Idefics3 (longest edge 4 tiles)")
     tiles = tiles + 1 if tiles > 1 else 1     # a global tile is added when the image is split
-    return _ImageCount(tiles * per_tile_patches // scale ** 2, tiles * per_tile_patches, resized, note)
+    return _ImageCount(tiles * per_tile_patches // scale ** 2, tiles * per_tile_patches, resized, note,
+                       pixels=tiles * side * side)
 
 
 def _mllama(v: TowerSpec, size: tuple[int, int] | None) -> _ImageCount:
     side, tiles = v.image_size, int(v.extra.get("max_num_tiles", 4) or 4)
-    if size is not None:
-        tiles = min(tiles, math.ceil(size[0] / side) * math.ceil(size[1] / side))
-    patches = (side // max(v.patch_size, 1)) ** 2 + 1
-    notes = ("Llama-3.2-Vision: the image reaches the text through cross-attention layers; their keys and "
-             "values over the vision tokens are not modelled (estimate low by that)",)
-    return _ImageCount(1, tiles * patches, None, notes)
+    patches = (side // max(v.patch_size, 1)) ** 2 + 1          # + the class token of every tile
+    used = tiles if size is None else min(tiles, math.ceil(size[0] / side) * math.ceil(size[1] / side))
+    notes = (f"Llama-3.2-Vision: the image fills {used} of {tiles} tiles; the processor pads it to {tiles} and the "
+             f"vision tower and cross-attention run over all of them ({tiles * patches} vision tokens per image)",)
+    return _ImageCount(1, tiles * (-(-patches // 8) * 8), None, notes, cross_tokens=tiles * patches,
+                       pixels=tiles * side * side)
 
 
 # TowerLayout.tokens -> how that family's processor turns an image into tokens
@@ -205,7 +214,8 @@ def plan_inputs(arch: ArchSpec, inputs: InputSettings) -> InputPlan:
     notes.append(f"{inputs.images_per_sample} image(s) per sample add {inputs.images_per_sample * lm_tokens} tokens "
                  f"to the language model's sequence (seq_len counts the text tokens only); the vision tower runs "
                  f"over {count.vision_seq} patches per image")
-    return InputPlan(inputs.images_per_sample, lm_tokens, count.vision_seq, count.size, notes=tuple(notes))
+    return InputPlan(inputs.images_per_sample, lm_tokens, count.vision_seq, count.size, count.cross_tokens,
+                     count.pixels, notes=tuple(notes))
 
 
 def _audio(audio: TowerSpec, seconds: float | None) -> InputPlan:

@@ -82,6 +82,13 @@ def test_image_token_counts():
     ip = plan_inputs(llava, InputSettings(1, (480, 640)))
     assert (ip.lm_tokens_per_image, ip.vision_seq_per_image, ip.planned_size) == (576, 577, (336, 336))
     assert any("resized to 336x336" in n for n in ip.notes)
+    # mllama: every image padded to max_num_tiles tiles; the tower pads each tile to a multiple of 8 patches
+    vision = next(t for t in _arch("mllama").towers if t.role == "vision")
+    tiles, patches = vision.extra["max_num_tiles"], (vision.image_size // vision.patch_size) ** 2 + 1
+    for size in ((112, 112), (448, 448)):
+        ml = plan_inputs(_arch("mllama"), InputSettings(1, size))
+        assert ml.lm_tokens_per_image == 1 and ml.cross_tokens_per_image == tiles * patches
+        assert ml.vision_seq_per_image == tiles * (-(-patches // 8) * 8)
     qwen = plan_inputs(_arch("qwen2_vl"), InputSettings(2, (768, 1024)))
     assert qwen.planned_size == (756, 1036) and qwen.lm_tokens_per_image == 27 * 37 and qwen.lm_image_tokens == 2 * 999
     whisper = plan_inputs(_arch("whisper"), InputSettings(audio_seconds=12.5))
@@ -162,25 +169,33 @@ def test_training_the_tower_costs_its_activations():
     assert no_images.peak_bytes < frozen.peak_bytes and any("without images" in n for n in no_images.notes)
 
 
-@pytest.mark.parametrize("name, inputs", [("llava", dict(images_per_sample=1)), ("whisper", dict(audio_seconds=10))])
-def test_trace_runs_llava_and_whisper_and_agrees_with_analytic(name, inputs):
+@pytest.mark.parametrize("name, inputs", [("llava", dict(images_per_sample=1)), ("whisper", dict(audio_seconds=10)),
+                                          ("qwen2_vl", dict(images_per_sample=1, image_size=(224, 280))),
+                                          ("gemma3", dict(images_per_sample=1)),
+                                          ("idefics3", dict(images_per_sample=1, image_size=(112, 112))),
+                                          ("mllama", dict(images_per_sample=1, image_size=(112, 112)))])
+def test_trace_runs_every_family_and_agrees_with_analytic(name, inputs):
     """The traced step (real model code on fake tensors, images / audio fed) needs no fallback."""
     kw = dict(target_modules=["q_proj", "v_proj"], seq_len=64, batch_size=2, device="cpu", **inputs)
     traced = plan(MM_CONFIGS[name], engine="trace", **kw)
     analytic = plan(MM_CONFIGS[name], **kw)
     assert traced.engine == "trace" and "trace_error" not in traced.details
     assert not any("trace engine does not run" in n or "trace failed" in n for n in traced.notes)
-    assert traced.peak_bytes == pytest.approx(analytic.peak_bytes, rel=0.04)
+    # Gemma-3: the analytic language model lacks its four norms per layer and q/k norms (docs/multimodal.md)
+    assert traced.peak_bytes == pytest.approx(analytic.peak_bytes, rel=0.06 if name == "gemma3" else 0.04)
     # the images / audio are in the step: without them the traced peak is lower
-    if name == "llava":
-        text_only = plan(MM_CONFIGS[name], engine="trace", **dict(kw, images_per_sample=0))
+    if name != "whisper":
+        text_only = plan(MM_CONFIGS[name], engine="trace", **dict(kw, images_per_sample=0, image_size=None))
         assert text_only.peak_bytes < traced.peak_bytes
 
 
-def test_trace_engine_falls_back_with_a_note_for_qwen2_vl():
-    p = plan(MM_CONFIGS["qwen2_vl"], target_modules="all-linear", engine="trace", device="cpu",
-             images_per_sample=1, image_size=(224, 224))
-    assert p.engine == "analytic" and "trace engine does not run qwen2_vl" in p.notes[0]
+def test_trace_engine_falls_back_with_a_note_for_smolvlm():
+    config = dict(model_type="smolvlm", image_token_id=999, scale_factor=2, text_config=SMALL_TEXT,
+                  vision_config=dict(model_type="smolvlm_vision", hidden_size=64, intermediate_size=128,
+                                     num_hidden_layers=1, num_attention_heads=4, image_size=112, patch_size=14))
+    p = plan(config, target_modules="all-linear", engine="trace", images_per_sample=1, device="cpu")
+    assert p.engine == "analytic" and "trace engine does not run smolvlm" in p.notes[0]
+    assert all(name in p.notes[0] for name in ("gemma3", "idefics3", "mllama", "qwen2_5_vl"))   # what it traces
 
 
 def test_cli_plan_with_images(capsys):

@@ -49,12 +49,18 @@ RECIPES: dict[str, Recipe] = {
     "falcon": Recipe(norm="layer", norms_per_layer=1, mlp="plain"),
     "bert": Recipe(norm="layer", mlp="plain", dropout_sites=("hidden_dropout_prob", "hidden_dropout_prob")),
     "generic": Recipe(),
+    # Qwen2-VL / Qwen2.5-VL vision blocks: one fused qkv linear, then 2-D rotary on q and k. SDPA saves the
+    # rotated q and k (new tensors) and v, a view that keeps the whole fused qkv output alive: its q and k
+    # parts are two hidden-width tensors more than separate projections keep.
+    "qwen_vit": Recipe(norm="layer", mlp="plain", attn_extra_copies=2),
+    "qwen_vit_gated": Recipe(attn_extra_copies=2),
 }
 
 # Tensors of intermediate width an activation saves: gelu_new / gelu_fast are composed in Python
-# (x, tanh(...), 0.5*x and 1+tanh(...) are each kept); fused kernels keep their input only.
+# (x, tanh(...), 0.5*x and 1+tanh(...) are each kept); quick_gelu (CLIP, Qwen2-VL's vision) is
+# x * sigmoid(1.702 x): x and the sigmoid's output; fused kernels keep their input only.
 ACTIVATION_SAVES: dict[str, int] = {"gelu_new": 4, "gelu_fast": 4, "gelu_pytorch_tanh": 1, "gelu": 1,
-                                    "relu": 1, "silu": 1, "swish": 1}
+                                    "quick_gelu": 2, "relu": 1, "silu": 1, "swish": 1}
 
 # Projections that read the same input tensor (saved once in full fine-tuning).
 SHARED_INPUT_GROUPS: dict[str, str] = {

@@ -6,12 +6,17 @@ sequence (text + image tokens); this module adds what the towers contribute:
 * a tower that trains (full fine-tuning, or adapters on its layers) saves activations for backward
   like any transformer stack: the per-token recipe of :mod:`lora_doctor.memory.activations` applied
   to the tower's own blocks (LayerNorm + plain MLP for CLIP / SigLIP / Qwen2-VL / Whisper,
-  RMSNorm + gated MLP for Qwen2.5-VL) over ``batch x images x patches`` tokens;
+  RMSNorm + gated MLP for Qwen2.5-VL; Qwen's fused qkv with rotary keeps two hidden-width tensors
+  more, :data:`TOWER_BLOCKS`) over ``batch x images x patches`` tokens. Only the layers whose output
+  reaches the loss keep theirs: LLaVA takes the features of ``vision_feature_layer`` (-2: the last
+  layer's output is dropped after the forward, and with it everything that layer saved);
 * a frozen tower saves nothing: its forward leaves only transients (one block's working set; LLaVA
   also keeps every layer's hidden state because it asks for ``output_hidden_states``);
 * the projector saves its inputs when it or anything before it trains;
-* Whisper's decoder cross-attends to the 1500 encoder frames: per layer it keeps the keys and values
-  over those frames (SDPA saves them), its own LayerNorm and the adapters' inputs;
+* Gemma-3's image tokens attend to each other both ways, so its attention mask is explicit: every
+  layer's SDPA keeps the mask and keys / values repeated to every head (:data:`BIDIRECTIONAL_IMAGES`);
+* cross-attention to the encoder's tokens (Whisper's decoder, Llama-3.2-Vision's cross-attention
+  layers) keeps keys and values over those tokens in every such layer: :mod:`.cross_attention`;
 * the inputs themselves (``pixel_values`` / ``input_features`` as the processor returns them, fp32)
   and Whisper's encoder output stay alive through the step. On the CPU (``device="cpu"``) the next
   batch is there too: accelerate's ``DataLoaderShard`` fetches one batch ahead and only moves the
@@ -27,7 +32,7 @@ from ..arch import ArchSpec, LinearFamily
 from ..inputs import InputPlan, plan_inputs
 from ..plan_types import PlanSettings
 from ..towers import TowerSpec, tower
-from . import activations
+from . import activations, cross_attention
 from .analytic import _dtypes
 from .targets import targeted_families
 
@@ -45,15 +50,22 @@ class TowerTerms:
     notes: tuple[str, ...] = ()
 
 
+# model_type -> activation recipe of its vision blocks, where (norm, mlp) alone does not say it
+TOWER_BLOCKS: dict[str, str] = {"qwen2_vl": "qwen_vit", "qwen2_5_vl": "qwen_vit_gated"}
+
+
 def _tower_arch(arch: ArchSpec, t: TowerSpec, fams: list[LinearFamily]) -> ArchSpec:
     """The tower's blocks as an ArchSpec the activation recipes can read."""
     heads = max(t.num_heads, 1)
+    block = "llama" if (t.norm, t.mlp) == ("rms", "gated") else "opt"
+    if t.role == "vision":
+        block = TOWER_BLOCKS.get(arch.model_type, block)
     return ArchSpec(model_type=f"{arch.model_type}:{t.role}", architecture="", total_params=t.params,
                     linear_families=tuple(replace(f, scope="blocks") for f in fams), embedding_params=0,
                     head_params=0, other_params=0, expert_params=0, hidden_size=t.hidden_size,
                     num_layers=max(t.num_layers, 1), num_heads=heads, num_kv_heads=heads,
                     head_dim=t.hidden_size // heads, intermediate_size=t.intermediate_size, vocab_size=0,
-                    tied_embeddings=False, block="llama" if (t.norm, t.mlp) == ("rms", "gated") else "opt",
+                    tied_embeddings=False, block=block,
                     extra={"hidden_act": t.hidden_act})
 
 
@@ -65,6 +77,16 @@ def _block_families(arch: ArchSpec, t: TowerSpec) -> list[LinearFamily]:
     return [f for f in arch.linear_families if f.scope == t.role and _IN_BLOCK.search(f.example + ".")]
 
 
+def layers_to_loss(t: TowerSpec) -> int:
+    """How many of the tower's layers feed the language model: LLaVA's ``vision_feature_layer`` indexes
+    ``hidden_states`` (the embeddings, then every layer's output), so -2 leaves the last layer out."""
+    layer = t.extra.get("vision_feature_layer")
+    L = max(t.num_layers, 1)
+    if t.role != "vision" or isinstance(layer, bool) or not isinstance(layer, int):
+        return L
+    return max(1, min(L, L + 1 + layer if layer < 0 else layer))
+
+
 def _stack_saved(arch: ArchSpec, t: TowerSpec, s: PlanSettings, tokens: int, targeted: set[str],
                  device: str) -> tuple[int, int]:
     """Bytes a trained tower saves for backward (the language model's formula on the tower's blocks), and,
@@ -74,10 +96,12 @@ def _stack_saved(arch: ArchSpec, t: TowerSpec, s: PlanSettings, tokens: int, tar
     est = activations.estimate(sub, seq_len=max(tokens // max(s.batch_size, 1), 1), full=s.mode == "full",
                                targeted=targeted, r=s.r, dt=dt, attn=s.attn_implementation,
                                lora_dropout=s.lora_dropout, device=device)
-    L = sub.num_layers
+    L = layers_to_loss(t)
+    # the final norm (post_layernorm) keeps its input only when the last layer's output is used
+    outside = est.outside_tokens if L == sub.num_layers else 0
     if s.gradient_checkpointing:   # each block's input; one block's activations while it is recomputed
         return int(tokens * L * t.hidden_size * dt.stream), int(tokens * est.per_layer_tokens)
-    return int(tokens * (L * est.per_layer_tokens - est.first_layer_discount + est.outside_tokens)
+    return int(tokens * (L * est.per_layer_tokens - est.first_layer_discount + outside)
                + est.shared_bytes * s.batch_size), 0
 
 
@@ -102,30 +126,23 @@ def _projector_saved(arch: ArchSpec, proj: TowerSpec | None, tokens: int, s: Pla
             saved += f.in_features * dt.matmul * f.count
         elif f.example in targeted:
             saved += (f.in_features + s.r) * (dt.autocast or dt.adapter) * f.count
-    if fams and trains:   # the activation between the two linears keeps its input for the gradient
+    if len(fams) > 1 and trains:   # the activation between the two linears keeps its input for the gradient
         saved += fams[0].out_features * dt.linear_out
     return int(tokens * saved)
 
 
-def _cross_saved(arch: ArchSpec, s: PlanSettings, dec_tokens: int, enc_tokens: int, targeted: set[str]) -> int:
-    """Whisper's decoder cross-attention per layer: LayerNorm, q/out over decoder tokens, k/v over frames."""
-    dt = _dtypes(s)
-    h, H, L = arch.hidden_size, arch.num_heads, max(arch.num_layers, 1)
-    pa = dt.attention
-    per_layer = dec_tokens * (dt.stream * h + 8 + 2 * h * pa + 4 * H) + enc_tokens * 2 * h * pa
-    lora_dtype = dt.autocast or dt.adapter
-    shared = not dt.autocast and dt.linear_out == dt.adapter and s.lora_dropout == 0
-    for f in arch.linear_families:
-        if f.scope != "cross":
-            continue
-        on_frames = f.name in ("k_proj", "v_proj")
-        tokens = enc_tokens if on_frames else dec_tokens
-        per = f.count / L
-        if s.mode == "full" and not on_frames:
-            per_layer += tokens * f.in_features * dt.matmul * per
-        elif f.example in targeted:
-            per_layer += tokens * ((0 if shared and on_frames else f.in_features) + s.r) * lora_dtype * per
-    return int(per_layer * L)
+# model_types whose image tokens attend to each other both ways (token_type_ids): the language model's
+# attention mask is explicit instead of SDPA's causal flag
+BIDIRECTIONAL_IMAGES = frozenset({"gemma3"})
+
+
+def _explicit_mask_saved(arch: ArchSpec, s: PlanSettings, lm_seq: int) -> int:
+    """With an explicit mask SDPA keeps, in every layer, the mask as floats ``[b, 1, s, s]`` and keys and
+    values repeated to every query head (transformers' ``use_gqa_in_sdpa`` is off with a mask); the
+    language model's recipe counted keys and values at the kv-head width."""
+    pa = _dtypes(s).attention
+    repeat = 2 * (arch.num_heads - arch.num_kv_heads) * arch.head_dim * pa
+    return int(arch.num_layers * s.batch_size * lm_seq * (repeat + lm_seq * pa))
 
 
 def _input_bytes(arch: ArchSpec, ip: InputPlan, s: PlanSettings) -> int:
@@ -136,8 +153,8 @@ def _input_bytes(arch: ArchSpec, ip: InputPlan, s: PlanSettings) -> int:
         return int(s.batch_size * ip.mel_frames * int(audio.extra.get("num_mel_bins", 80)) * _dtypes(s).stream)
     if vision is None or not ip.images:
         return 0
-    per_patch = 3 * vision.patch_size ** 2 * int(vision.extra.get("temporal_patch_size", 1))
-    return int(s.batch_size * ip.images * ip.vision_seq_per_image * per_patch * PIXEL_BYTES)
+    channels = int(vision.extra.get("num_channels", 3) or 3)
+    return int(s.batch_size * ip.images * ip.pixels_per_image * channels * PIXEL_BYTES)
 
 
 def tower_terms(arch: ArchSpec, s: PlanSettings, device: str = "cuda") -> tuple[TowerTerms, InputPlan]:
@@ -165,8 +182,14 @@ def tower_terms(arch: ArchSpec, s: PlanSettings, device: str = "cuda") -> tuple[
         else:
             notes.append("the vision tower is frozen: its forward keeps nothing for backward")
         transient = _forward_working_set(vision, v_tokens, s, keeps_hidden_states=arch.model_type == "llava")
-        saved += _projector_saved(arch, proj, b * ip.lm_image_tokens, s,
-                                  bool({"vision", "projector"} & set(trains)), targeted)
+        # the projector maps every vision token the text reads: merged tokens, or mllama's cross-attended ones
+        p_tokens = b * ip.images * (ip.cross_tokens_per_image or ip.lm_tokens_per_image)
+        saved += _projector_saved(arch, proj, p_tokens, s, bool({"vision", "projector"} & set(trains)), targeted)
+        if ip.cross_tokens_per_image:
+            saved += cross_attention.vision_cross_saved(arch, s, b * (s.seq_len + ip.lm_image_tokens),
+                                                        b * ip.images * ip.cross_tokens_per_image, targeted)
+            notes.append(f"cross-attention over {ip.images * ip.cross_tokens_per_image} vision tokens per sample: "
+                         "every cross-attention layer saves its keys and values over them, and the mask")
     if audio is not None:
         a_tokens = b * ip.audio_frames
         resident += _input_bytes(arch, ip, s)
@@ -177,10 +200,14 @@ def tower_terms(arch: ArchSpec, s: PlanSettings, device: str = "cuda") -> tuple[
             if full:   # conv front-end: conv1 input, gelu/conv2 inputs at 3000 frames, gelu at 1500
                 saved += int(b * ip.mel_frames * (audio.hidden_size * 2 * _dtypes(s).linear_out))
         transient = _forward_working_set(audio, a_tokens, s, keeps_hidden_states=False)
-        saved += _cross_saved(arch, s, b * s.seq_len, a_tokens, targeted)
+        saved += cross_attention.audio_cross_saved(arch, s, b * s.seq_len, a_tokens, targeted)
     if device == "cpu":   # the look-ahead batch of accelerate's DataLoaderShard lives on the same device
         resident += _input_bytes(arch, ip, s)
     lm_seq = s.seq_len + ip.lm_image_tokens
+    if arch.model_type in BIDIRECTIONAL_IMAGES and ip.images:
+        saved += _explicit_mask_saved(arch, s, lm_seq)
+        notes.append("image tokens attend to each other both ways: the attention mask is explicit, so every layer "
+                     "keeps it and keys / values repeated to every head")
     return TowerTerms(lm_seq, saved, transient, resident, recompute, trains, tuple(notes)), ip
 
 
