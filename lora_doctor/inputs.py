@@ -30,11 +30,14 @@ from .towers import TOWER_LAYOUTS, TowerSpec, tower
 
 QWEN_MIN_PIXELS = 56 * 56          # Qwen2VLImageProcessor defaults (transformers 5)
 QWEN_MAX_PIXELS = 28 * 28 * 1280
+QWEN_MAX_ASPECT = 200              # smart_resize refuses images whose sides differ by this factor or more
+MAX_PIXELS_BOUND = 1 << 30         # a 32k x 32k image: larger is a typo, not a processor setting
 WHISPER_WINDOW_SECONDS = 30.0
 
 
 def make_inputs(images_per_sample: int = 0, image_size: "tuple[int, int] | None" = None,
-                image_tokens: int | None = None, audio_seconds: float | None = None) -> InputSettings:
+                image_tokens: int | None = None, audio_seconds: float | None = None,
+                min_pixels: int | None = None, max_pixels: int | None = None) -> InputSettings:
     """Validate the input axis on its own (the model-dependent checks are in :func:`plan_inputs`)."""
     problems = []
     if isinstance(images_per_sample, bool) or not isinstance(images_per_sample, int) or images_per_sample < 0:
@@ -52,12 +55,20 @@ def make_inputs(images_per_sample: int = 0, image_size: "tuple[int, int] | None"
     if audio_seconds is not None and (isinstance(audio_seconds, bool) or not isinstance(audio_seconds, (int, float))
                                       or not audio_seconds > 0):
         problems.append(f"audio_seconds must be a positive number, got {audio_seconds!r}")
-    if not problems and images_per_sample == 0 and (image_size is not None or image_tokens is not None):
-        problems.append("image_size / image_tokens describe images: set images_per_sample >= 1 too")
+    for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0
+                                  or value > MAX_PIXELS_BOUND):
+            problems.append(f"{name} must be a positive integer of pixels (at most {MAX_PIXELS_BOUND}), got {value!r}")
+    if not problems and min_pixels is not None and max_pixels is not None and min_pixels > max_pixels:
+        problems.append(f"min_pixels ({min_pixels}) is larger than max_pixels ({max_pixels})")
+    if not problems and images_per_sample == 0 and any(v is not None for v in (image_size, image_tokens,
+                                                                                min_pixels, max_pixels)):
+        problems.append("image_size / image_tokens / min_pixels / max_pixels describe images: set "
+                        "images_per_sample >= 1 too")
     if problems:
         raise InvalidSettingError("; ".join(problems))
     return InputSettings(images_per_sample, image_size, image_tokens,
-                         float(audio_seconds) if audio_seconds is not None else None)
+                         float(audio_seconds) if audio_seconds is not None else None, min_pixels, max_pixels)
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -135,16 +146,43 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int = QWEN_MI
     return h_bar, w_bar
 
 
-def _qwen2_vl(v: TowerSpec, size: tuple[int, int] | None) -> _ImageCount:
+def most_cells(cells: int, max_aspect: int = QWEN_MAX_ASPECT) -> tuple[int, int]:
+    """(a, b), a <= b, b / a below ``max_aspect``: the largest a*b <= ``cells``; among equals, the squarest."""
+    best = (1, 1)
+    for a in range(1, math.isqrt(cells) + 1):
+        b = min(cells // a, max_aspect * a - 1)
+        if a * b > best[0] * best[1] or (a * b == best[0] * best[1] and a > best[0]):
+            best = (a, b)
+    return best
+
+
+def qwen_worst_size(factor: int, max_pixels: int) -> tuple[int, int]:
+    """(height, width) of the image a Qwen2-VL processor turns into the most tokens under ``max_pixels``."""
+    cells = max(1, max_pixels // factor ** 2)
+    a, b = most_cells(cells)
+    # smart_resize keeps each side >= one cell: below 200 cells, an image nearly 200:1 ends one cell high
+    # and longer than max_pixels allows, sqrt(cells * aspect) cells
+    thin = math.isqrt(cells * QWEN_MAX_ASPECT - 1)
+    if thin > a * b:
+        a, b = 1, thin
+    return a * factor, b * factor
+
+
+def _qwen2_vl(v: TowerSpec, size: tuple[int, int] | None, inputs: InputSettings = InputSettings()) -> _ImageCount:
     factor = v.patch_size * v.merge_size
+    low, high = inputs.min_pixels or QWEN_MIN_PIXELS, inputs.max_pixels or QWEN_MAX_PIXELS
+    if low > high:
+        raise InvalidSettingError(f"min_pixels ({low}) is larger than max_pixels ({high})")
+    bounds = (f"min_pixels {low}" if inputs.min_pixels else "min_pixels 56*56") + ", " + \
+             (f"max_pixels {high}" if inputs.max_pixels else "max_pixels 28*28*1280")
     notes: list[str] = []
     if size is None:
-        side = math.isqrt(QWEN_MAX_PIXELS)
-        size = (side, side)
-        notes.append(f"no image_size given: planned at the processor's max_pixels ({QWEN_MAX_PIXELS}, "
-                     f"{side}x{side}), the worst case")
-    resized = smart_resize(size[0], size[1], factor)
-    notes.extend(_resize_note(size, resized, "Qwen2-VL (min_pixels 56*56, max_pixels 28*28*1280)"))
+        resized = qwen_worst_size(factor, high)
+        notes.append(f"no image_size given: planned at the image with the most tokens under the processor's "
+                     f"max_pixels ({high}): {resized[1]}x{resized[0]}, the worst case")
+    else:
+        resized = smart_resize(size[0], size[1], factor, low, high)
+        notes.extend(_resize_note(size, resized, f"Qwen2-VL ({bounds})"))
     patches = (resized[0] // v.patch_size) * (resized[1] // v.patch_size)
     temporal = int(v.extra.get("temporal_patch_size", 1) or 1)   # the frame is repeated per temporal patch
     return _ImageCount(patches // v.merge_size ** 2, patches, resized, tuple(notes),
@@ -204,7 +242,12 @@ def plan_inputs(arch: ArchSpec, inputs: InputSettings) -> InputPlan:
         return InputPlan(notes=notes)
     layout = TOWER_LAYOUTS.get(arch.model_type)
     rule = IMAGE_TOKEN_RULES.get(layout.tokens if layout else "llava", _llava)
-    count = rule(vision, inputs.image_size)
+    pixel_bounds = inputs.min_pixels is not None or inputs.max_pixels is not None
+    if pixel_bounds and rule is not _qwen2_vl:
+        raise InvalidSettingError(
+            f"min_pixels / max_pixels set the resize of Qwen2-VL-style processors; {arch.model_type!r} resizes "
+            "images to its own fixed size or tiles: drop them (use image_size or image_tokens)")
+    count = _qwen2_vl(vision, inputs.image_size, inputs) if rule is _qwen2_vl else rule(vision, inputs.image_size)
     lm_tokens, notes = count.lm_tokens, list(count.notes)
     if inputs.image_tokens is not None:
         if inputs.image_tokens != lm_tokens:

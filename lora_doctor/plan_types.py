@@ -68,6 +68,8 @@ class InputSettings:
     image_size: tuple[int, int] | None = None    # (height, width) in pixels, before the processor resizes
     image_tokens: int | None = None              # tokens per image when the user knows the count
     audio_seconds: float | None = None
+    min_pixels: int | None = None                # Qwen2-VL-style processors' resize bounds (None: their defaults)
+    max_pixels: int | None = None
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,8 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
          num_gpus: int | None = None, strategy: str | None = None, offload: str | None = None,
          parallel_options: "dict[str, Any] | None" = None,
          images_per_sample: int = 0, image_size: "tuple[int, int] | None" = None,
-         image_tokens: int | None = None, audio_seconds: float | None = None, **trainer_options: Any) -> MemoryPlan:
+         image_tokens: int | None = None, audio_seconds: float | None = None,
+         min_pixels: int | None = None, max_pixels: int | None = None, **trainer_options: Any) -> MemoryPlan:
     """Predict the peak memory of one training step.
 
     Args:
@@ -78,6 +79,8 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
             :mod:`lora_doctor.parallel.launch` reads them (and the three above) from launch configs.
         images_per_sample, image_size, image_tokens, audio_seconds: the input axis
             (:mod:`lora_doctor.inputs`).
+        min_pixels, max_pixels: the resize bounds of a Qwen2-VL / Qwen2.5-VL processor when they are
+            not its defaults (56*56 and 28*28*1280); an error for models whose processor resizes otherwise.
 
     Returns:
         a :class:`MemoryPlan`. Raises :class:`LoraDoctorError` subclasses on bad input.
@@ -88,7 +91,7 @@ def plan(model: Any, *, mode: str = "lora", gpu: "str | int | GpuSpec | None" = 
         workload = replace(workload, options=tuple(sorted(workload.options + (("gpu_memory_bytes", gpu_spec.memory_bytes),))))
     parallel = make_parallel(num_gpus, strategy, offload, gpu_count=gpu_spec.count if gpu_spec else 1,
                              **(parallel_options or {}))
-    inputs = make_inputs(images_per_sample, image_size, image_tokens, audio_seconds)
+    inputs = make_inputs(images_per_sample, image_size, image_tokens, audio_seconds, min_pixels, max_pixels)
     resolved = resolve(model)
     plan_inputs(resolved.arch, inputs)   # images for a text-only model, audio beyond 30 s: clear errors now
     lora = _lora_defaults(resolved.module, r=r, lora_alpha=lora_alpha, target_modules=target_modules,

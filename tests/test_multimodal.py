@@ -76,6 +76,37 @@ def test_smart_resize_matches_transformers(size):
     assert smart_resize(*size, factor=28) == reference(*size, factor=28, min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
 
 
+@pytest.mark.parametrize("size, low, high", [((768, 1024), None, 768 * 28 * 28), ((100, 3000), 256 * 28 * 28, None),
+                                             ((2048, 2048), 128 * 28 * 28, 256 * 28 * 28), ((20, 20), 4 * 28 * 28, None)])
+def test_processor_pixel_bounds_follow_transformers(size, low, high):
+    """--min-pixels / --max-pixels: the planned resize is transformers' own smart_resize with those bounds."""
+    reference = _reference_smart_resize()
+    arch = _arch("qwen2_vl")
+    ip = plan_inputs(arch, make_inputs(1, size, min_pixels=low, max_pixels=high))
+    v = next(t for t in arch.towers if t.role == "vision")
+    factor = v.patch_size * v.merge_size
+    expected = reference(*size, factor=factor, min_pixels=low or 56 * 56, max_pixels=high or 28 * 28 * 1280)
+    assert ip.planned_size == expected
+    assert ip.lm_tokens_per_image == expected[0] * expected[1] // factor ** 2
+
+
+def test_processor_pixel_bounds_worst_case_and_errors():
+    arch = _arch("qwen2_vl")
+    v = next(t for t in arch.towers if t.role == "vision")
+    factor = v.patch_size * v.merge_size
+    cells = 602112 // factor ** 2
+    worst = plan_inputs(arch, make_inputs(1, max_pixels=602112))
+    assert worst.lm_tokens_per_image == cells      # the grid with the most cells under max_pixels, not the square
+    default = plan_inputs(arch, make_inputs(1))
+    assert default.lm_tokens_per_image == 28 * 28 * 1280 // factor ** 2
+    with pytest.raises(InvalidSettingError, match="Qwen2-VL-style"):
+        plan_inputs(_arch("llava"), make_inputs(1, max_pixels=602112))
+    with pytest.raises(InvalidSettingError, match="larger than max_pixels"):
+        make_inputs(1, min_pixels=1000, max_pixels=10)
+    with pytest.raises(InvalidSettingError, match="images_per_sample"):
+        make_inputs(0, max_pixels=602112)
+
+
 def test_image_token_counts():
     llava = resolve(dict(model_type="llava", text_config=SMALL_TEXT, vision_config={"model_type": "clip_vision_model",
                                                                                      "image_size": 336, "patch_size": 14})).arch

@@ -42,6 +42,7 @@ examples:
   lora-doctor plan Qwen/Qwen2.5-7B --trainer grpo --seq-len 256 --max-completion-length 1024 --num-generations 8
   lora-doctor plan --config sft.yaml --gpu 24GB     (the YAML `trl sft --config` takes; --trainer dpo|grpo)
   lora-doctor plan Qwen/Qwen2.5-VL-7B-Instruct --images 1 --image-size 1024x768 --gpu 24GB
+  lora-doctor plan Qwen/Qwen2.5-VL-7B-Instruct --images 2 --max-pixels 602112 --gpu 24GB
   lora-doctor plan openai/whisper-large-v3 --mode lora --target-modules q_proj,v_proj --seq-len 448 --gpu 24GB
 
 Several GPUs: memory is per GPU. --gpu 8xH100 / 2x24GB sets the count (or --num-gpus); --strategy is
@@ -101,6 +102,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=0, help="images per sample (vision-language models)")
     p.add_argument("--image-size", help="image size WIDTHxHEIGHT before the processor resizes, e.g. 1024x768")
     p.add_argument("--image-tokens", type=int, help="language-model tokens per image, when you know the count")
+    p.add_argument("--max-pixels", type=int, help="Qwen2-VL / Qwen2.5-VL processor's max_pixels, when not the "
+                   "default 28*28*1280 (e.g. 602112 = 768*28*28)")
+    p.add_argument("--min-pixels", type=int, help="Qwen2-VL / Qwen2.5-VL processor's min_pixels (default 56*56)")
     p.add_argument("--audio-seconds", type=float, help="audio per sample (Whisper: padded to 30 s windows)")
     p.add_argument("--trace", action="store_true", help="run the real model code on fake tensors (slower)")
     p.add_argument("--json", action="store_true", help="print every term in bytes as JSON")
@@ -150,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
                   quant_type=args.quant_type, double_quant=not args.no_double_quant,
                   engine="trace" if args.trace else "analytic", trainer=args.trainer or "hf", **options,
                   images_per_sample=args.images, image_size=size, image_tokens=args.image_tokens,
-                  audio_seconds=args.audio_seconds, **parallel)
+                  audio_seconds=args.audio_seconds, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+                  **parallel)
              for m in modes]
     return _report(args, plans)
 

@@ -27,16 +27,17 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..inputs import most_cells, qwen_worst_size  # noqa: F401  (most_cells: re-exported)
 from .batch import _arrow_max_length
 
 Size = tuple[int, int]   # (height, width) in pixels
-QWEN_MAX_ASPECT = 200    # Qwen2-VL's smart_resize refuses images whose sides differ by this factor or more
 
 
 @dataclass(frozen=True)
 class ImageWorst:
     size: Size            # (height, width) after the processor's resize
     source: str           # which processor setting bounds it, e.g. "Qwen2VLImageProcessorPil max_pixels=50176"
+    bounds: tuple[tuple[str, int], ...] = ()   # the resize bounds the planner must use (min_pixels, max_pixels)
 
 
 def _field(size: Any, key: str) -> Any:
@@ -44,16 +45,6 @@ def _field(size: Any, key: str) -> Any:
     if isinstance(size, dict):
         return size.get(key)
     return getattr(size, key, None)
-
-
-def most_cells(cells: int, max_aspect: int = QWEN_MAX_ASPECT) -> tuple[int, int]:
-    """(a, b), a <= b, b / a below ``max_aspect``: the largest a*b <= ``cells``; among equals, the squarest."""
-    best = (1, 1)
-    for a in range(1, math.isqrt(cells) + 1):
-        b = min(cells // a, max_aspect * a - 1)
-        if a * b > best[0] * best[1] or (a * b == best[0] * best[1] and a > best[0]):
-            best = (a, b)
-    return best
 
 
 def _dynamic(ip: Any) -> ImageWorst | None:
@@ -64,15 +55,10 @@ def _dynamic(ip: Any) -> ImageWorst | None:
     max_pixels = getattr(ip, "max_pixels", None) or _field(size, "longest_edge") or _field(size, "max_pixels")
     if not max_pixels:
         return None
-    factor = patch * merge
-    cells = int(max_pixels) // factor ** 2
-    a, b = most_cells(cells)
-    # smart_resize keeps each side >= one cell: below 200 cells, an image nearly 200:1 ends one cell high
-    # and longer than max_pixels allows, sqrt(cells * aspect) cells
-    thin = math.isqrt(cells * QWEN_MAX_ASPECT - 1)
-    if thin > a * b:
-        a, b = 1, thin
-    return ImageWorst((a * factor, b * factor), f"{type(ip).__name__} max_pixels={int(max_pixels)}")
+    min_pixels = getattr(ip, "min_pixels", None) or _field(size, "shortest_edge") or _field(size, "min_pixels")
+    bounds = (("max_pixels", int(max_pixels)),) + ((("min_pixels", int(min_pixels)),) if min_pixels else ())
+    return ImageWorst(qwen_worst_size(patch * merge, int(max_pixels)),
+                      f"{type(ip).__name__} max_pixels={int(max_pixels)}", bounds)
 
 
 def _center_crop(ip: Any) -> ImageWorst | None:
@@ -144,6 +130,8 @@ def worst_images(trainer: Any, inputs: dict) -> tuple[dict, dict | None]:
     worst = processor_worst(processor) if processor is not None else None
     first = inputs.get("image_size")
     out = {**inputs, "images_per_sample": per_sample}
+    if worst is not None:
+        out.update(worst.bounds)      # the vision tower is planned with the processor's own resize bounds
     if worst is None:
         source = "the first batch's images" if first else "the planner's default image size for this model"
         ip = getattr(processor, "image_processor", None)
