@@ -3,7 +3,8 @@
 An :class:`ArchSpec` is derived from a real model built on the ``meta`` device
 (:mod:`lora_doctor.introspect`) and cached in the offline catalog, so planning a catalog model
 never imports torch. Every parameter of the model lands in exactly one bucket:
-``linear`` (nn.Linear / GPT-2 Conv1D, the layers bitsandbytes quantizes and LoRA wraps),
+``linear`` (nn.Linear and its subclasses / GPT-2 Conv1D, the layers LoRA wraps; bitsandbytes quantizes
+only those marked ``quantizable``),
 ``embedding`` (token and position embeddings, and an untied output head), ``expert`` (MoE expert
 weights stored as 3-D parameters), or ``other`` (norms, biases of non-linear modules, ...).
 """
@@ -27,6 +28,11 @@ class LinearFamily:
     kind: str = "linear"      # "linear" | "conv1d" (GPT-2, weight stored transposed)
     scope: str = "decoder"    # "decoder" | "encoder" | "head" | "vision" | "projector" | "audio" | "cross" | "other"
     example: str = ""         # one full module path, for messages
+    # Whether transformers' bitsandbytes integration converts it to 4-bit: exact nn.Linear or Conv1D only
+    # (``replace_with_bnb_linear``); a subclass such as Falcon's FalconLinear stays in the load dtype.
+    # A catalog entry without the field predates it: True, which holds for every exact nn.Linear.
+    quantizable: bool = True
+    module_class: str = ""    # the layer's class name (FalconLinear, Linear, Conv1D), for messages
 
     @property
     def weight_params(self) -> int:
