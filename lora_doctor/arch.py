@@ -30,9 +30,17 @@ class LinearFamily:
     example: str = ""         # one full module path, for messages
     # Whether transformers' bitsandbytes integration converts it to 4-bit: exact nn.Linear or Conv1D only
     # (``replace_with_bnb_linear``); a subclass such as Falcon's FalconLinear stays in the load dtype.
-    # A catalog entry without the field predates it: True, which holds for every exact nn.Linear.
+    # Written only when False, so a catalog entry without it means True: right for every exact nn.Linear.
     quantizable: bool = True
-    module_class: str = ""    # the layer's class name (FalconLinear, Linear, Conv1D), for messages
+    module_class: str = ""    # the class that escapes quantization (FalconLinear), for messages; "" otherwise
+
+    def to_dict(self) -> dict:
+        """The fields, without ``quantizable`` / ``module_class`` at their defaults (the catalog predates them)."""
+        d = asdict(self)
+        for key in _OMITTED_AT_DEFAULT:
+            if d[key] == _FAMILY_DEFAULTS[key]:
+                del d[key]
+        return d
 
     @property
     def weight_params(self) -> int:
@@ -41,6 +49,10 @@ class LinearFamily:
     @property
     def params(self) -> int:
         return self.weight_params + (self.out_features * self.count if self.bias else 0)
+
+
+_OMITTED_AT_DEFAULT = ("quantizable", "module_class")
+_FAMILY_DEFAULTS = {f.name: f.default for f in fields(LinearFamily)}
 
 
 @dataclass(frozen=True)
@@ -90,7 +102,7 @@ class ArchSpec:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["linear_families"] = [asdict(f) for f in self.linear_families]
+        d["linear_families"] = [f.to_dict() for f in self.linear_families]
         d["default_targets"] = list(self.default_targets)
         d["towers"] = [t.to_dict() for t in self.towers]
         return d

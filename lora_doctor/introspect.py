@@ -137,7 +137,8 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
             scope = _scope(path, head_path, enc_dec, towers)
             quantizable = bnb_converts(module)
             key = (path.rsplit(".", 1)[-1], in_f, out_f, module.bias is not None, scope, quantizable)
-            fam = families.setdefault(key, {"count": 0, "example": path, "class": type(module).__name__,
+            fam = families.setdefault(key, {"count": 0, "example": path,
+                                            "class": "" if quantizable else type(module).__name__,
                                             "kind": "conv1d" if isinstance(module, Conv1D) else "linear"})
             fam["count"] += 1
             n = in_f * out_f + (out_f if module.bias is not None else 0)

@@ -82,7 +82,7 @@ def persistent_terms(arch: ArchSpec, *, mode: str, dtype: str, targeted: list[Li
         if load != 4:
             notes.append(f"QLoRA: {rest / 1e6:,.0f}M non-quantized parameters (embeddings, head, norms"
                          f"{', MoE experts' if arch.expert_params else ''}"
-                         f"{', unconverted linears' if any(not f.quantizable for f in arch.linear_families) else ''}"
+                         f"{', nn.Linear subclasses' if any(not f.quantizable for f in arch.linear_families) else ''}"
                          ") are upcast to fp32 by "
                          "prepare_model_for_kbit_training")
         notes += unquantized_notes(arch)
