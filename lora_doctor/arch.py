@@ -3,7 +3,8 @@
 An :class:`ArchSpec` is derived from a real model built on the ``meta`` device
 (:mod:`lora_doctor.introspect`) and cached in the offline catalog, so planning a catalog model
 never imports torch. Every parameter of the model lands in exactly one bucket:
-``linear`` (nn.Linear / GPT-2 Conv1D, the layers bitsandbytes quantizes and LoRA wraps),
+``linear`` (nn.Linear and its subclasses / GPT-2 Conv1D, the layers LoRA wraps; bitsandbytes quantizes
+only those marked ``quantizable``),
 ``embedding`` (token and position embeddings, and an untied output head), ``expert`` (MoE expert
 weights stored as 3-D parameters), or ``other`` (norms, biases of non-linear modules, ...).
 """
@@ -27,6 +28,19 @@ class LinearFamily:
     kind: str = "linear"      # "linear" | "conv1d" (GPT-2, weight stored transposed)
     scope: str = "decoder"    # "decoder" | "encoder" | "head" | "vision" | "projector" | "audio" | "cross" | "other"
     example: str = ""         # one full module path, for messages
+    # Whether transformers' bitsandbytes integration converts it to 4-bit: exact nn.Linear or Conv1D only
+    # (``replace_with_bnb_linear``); a subclass such as Falcon's FalconLinear stays in the load dtype.
+    # Written only when False, so a catalog entry without it means True: right for every exact nn.Linear.
+    quantizable: bool = True
+    module_class: str = ""    # the class that escapes quantization (FalconLinear), for messages; "" otherwise
+
+    def to_dict(self) -> dict:
+        """The fields, without ``quantizable`` / ``module_class`` at their defaults (the catalog predates them)."""
+        d = asdict(self)
+        for key in _OMITTED_AT_DEFAULT:
+            if d[key] == _FAMILY_DEFAULTS[key]:
+                del d[key]
+        return d
 
     @property
     def weight_params(self) -> int:
@@ -35,6 +49,10 @@ class LinearFamily:
     @property
     def params(self) -> int:
         return self.weight_params + (self.out_features * self.count if self.bias else 0)
+
+
+_OMITTED_AT_DEFAULT = ("quantizable", "module_class")
+_FAMILY_DEFAULTS = {f.name: f.default for f in fields(LinearFamily)}
 
 
 @dataclass(frozen=True)
@@ -84,7 +102,7 @@ class ArchSpec:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["linear_families"] = [asdict(f) for f in self.linear_families]
+        d["linear_families"] = [f.to_dict() for f in self.linear_families]
         d["default_targets"] = list(self.default_targets)
         d["towers"] = [t.to_dict() for t in self.towers]
         return d

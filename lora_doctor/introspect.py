@@ -135,8 +135,10 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
             if tied and path == head_path:
                 continue  # tied output head: its weight is the embedding, already counted
             scope = _scope(path, head_path, enc_dec, towers)
-            key = (path.rsplit(".", 1)[-1], in_f, out_f, module.bias is not None, scope)
+            quantizable = bnb_converts(module)
+            key = (path.rsplit(".", 1)[-1], in_f, out_f, module.bias is not None, scope, quantizable)
             fam = families.setdefault(key, {"count": 0, "example": path,
+                                            "class": "" if quantizable else type(module).__name__,
                                             "kind": "conv1d" if isinstance(module, Conv1D) else "linear"})
             fam["count"] += 1
             n = in_f * out_f + (out_f if module.bias is not None else 0)
@@ -168,8 +170,8 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
         architecture=type(model).__name__,
         total_params=int(total),
         linear_families=tuple(
-            LinearFamily(name, in_f, out_f, v["count"], bias, v["kind"], scope, v["example"])
-            for (name, in_f, out_f, bias, scope), v in families.items()
+            LinearFamily(name, in_f, out_f, v["count"], bias, v["kind"], scope, v["example"], quantizable, v["class"])
+            for (name, in_f, out_f, bias, scope, quantizable), v in families.items()
         ),
         embedding_params=int(embedding),
         head_params=int(head_params),
@@ -203,6 +205,22 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
 
         attach_deriver(spec, derive_for_arch(config))
     return spec
+
+
+def bnb_converts(module: Any) -> bool:
+    """Whether ``BitsAndBytesConfig(load_in_4bit=True)`` turns this layer into a 4-bit one.
+
+    transformers' ``replace_with_bnb_linear`` converts ``isinstance(module, Conv1D) or type(module) is
+    nn.Linear``: a subclass of nn.Linear (Falcon's ``FalconLinear``, Llama-4's and PhiMoE's routers,
+    DeepSeek-V4's ``DeepseekV4GroupedLinear``) keeps its weight in the load dtype. A layer bitsandbytes
+    already replaced (``Linear4bit`` / ``Linear8bitLt``, a loaded quantized model) counts as converted.
+    """
+    import torch.nn as nn
+    from transformers.pytorch_utils import Conv1D
+
+    if isinstance(module, Conv1D) or type(module) is nn.Linear:
+        return True
+    return type(module).__module__.split(".", 1)[0] == "bitsandbytes"
 
 
 def _extra_fields(text: Any) -> dict:

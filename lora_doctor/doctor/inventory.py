@@ -31,6 +31,7 @@ class ModuleEntry:
     out_features: int = 0
     scope: str = "other"       # blocks | encoder | decoder | head | embedding | vision | projector | other
     quantized: bool = False
+    bnb_converts: bool = False # a 4-bit / 8-bit load would quantize it (exact nn.Linear or Conv1D, or already done)
 
 
 @dataclass
@@ -106,6 +107,8 @@ def gather(model: Any) -> ModuleInventory:
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     head = getattr(head, "base_layer", head) if head is not None and hasattr(head, "lora_A") else head
     inputs = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
+    from ..introspect import bnb_converts
+
     table = _kind_table()
     head_path = None
     input_path = None
@@ -124,8 +127,10 @@ def gather(model: Any) -> ModuleInventory:
         in_f, out_f = _shape(module, kind)
         weight = getattr(getattr(module, "base_layer", module), "weight", None)
         quantized = type(weight).__name__ in ("Params4bit", "Int8Params")
-        entries.append(ModuleEntry(path, kind, type(getattr(module, "base_layer", module)).__name__, in_f, out_f,
-                                   scope_of(path, kind, head_path, enc_dec), quantized))
+        layer = getattr(module, "base_layer", module)
+        entries.append(ModuleEntry(path, kind, type(layer).__name__, in_f, out_f,
+                                   scope_of(path, kind, head_path, enc_dec), quantized,
+                                   kind in LINEAR_KINDS and (quantized or bnb_converts(layer))))
     params: list[str] = []
     for raw_name, param in base.named_parameters():
         name = raw_name.replace(".base_layer.", ".")   # peft wrappers (layers and target_parameters) fold away

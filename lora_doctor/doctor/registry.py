@@ -62,7 +62,9 @@ _CODES: tuple[CheckCode, ...] = (
     CheckCode("qlora-compute-dtype", (_W, _I), "dtypes", "4-bit compute dtype fp32 or fp16 where bf16 is available"),
     # moe_quant.py
     CheckCode("qlora-moe-experts-unquantized", (_W,), "dtypes",
-              "QLoRA leaves most of an MoE's weights (fused 3-D experts) unquantized"),
+              "QLoRA leaves a large share of an MoE's weights (fused 3-D experts) unquantized"),
+    CheckCode("qlora-weights-unquantized", (_W,), "dtypes",
+              "QLoRA leaves a large share of the linear weights (nn.Linear subclasses) unquantized"),
     # tokenizer.py
     CheckCode("pad-is-eos", (_W,), "tokenizer", "pad token equals eos token"),
     CheckCode("pad-missing", (_W,), "tokenizer", "tokenizer has no pad token"),

@@ -51,7 +51,7 @@ def _autocast_weight_cache(arch: ArchSpec, s: PlanSettings, dt: activations.Dtyp
         return 0
     fams = arch.linear_families
     if s.mode == "qlora":
-        fams = [f for f in fams if f.scope == "head"]
+        fams = [f for f in fams if f.scope == "head" or not f.quantizable]  # fp32 after the kbit upcast
         stored = 4
     else:
         stored = DTYPE_BYTES[s.dtype]

@@ -3,11 +3,12 @@
 Formulas (bytes; P = parameters, b(dtype) = bytes per element):
 
 * weights, full / LoRA: ``P_total * b(load dtype)``.
-* weights, QLoRA: linear layers (not the output head) as NF4: ``P_linear * 0.5``; everything else
-  (embeddings, head, norms, biases, 3-D MoE experts) in fp32, because
-  ``peft.prepare_model_for_kbit_training`` upcasts every non-quantized fp16/bf16 parameter.
-* quantization state: one fp32 absmax per 64 weights (``P_linear / 16`` bytes), or with double
-  quantization a uint8 absmax per 64 plus an fp32 absmax per 256 of those (about ``P_linear / 62``).
+* weights, QLoRA: the linear layers bitsandbytes converts (``LinearFamily.quantizable``: exact
+  nn.Linear / Conv1D, not the output head) as NF4: ``P_q * 0.5``; everything else (embeddings, head,
+  norms, biases, 3-D MoE experts, nn.Linear subclasses such as Falcon's FalconLinear) in fp32,
+  because ``peft.prepare_model_for_kbit_training`` upcasts every non-quantized fp16/bf16 parameter.
+* quantization state: one fp32 absmax per 64 weights (``P_q / 16`` bytes), or with double
+  quantization a uint8 absmax per 64 plus an fp32 absmax per 256 of those (about ``P_q / 62``).
 * adapters: ``r * (in + out)`` per wrapped linear, fp32 (peft's ``autocast_adapter_dtype=True``).
 * gradients: one per trainable parameter in its own dtype.
 * optimizer states: ``states * trainable * bytes`` (torch keeps AdamW states in the parameter dtype;
@@ -45,13 +46,33 @@ def lora_params(families: list[LinearFamily], r: int) -> int:
     return sum(r * (f.in_features + f.out_features) * f.count for f in families)
 
 
+def quantized_families(arch: ArchSpec) -> list[LinearFamily]:
+    """The linear families a 4-bit load really quantizes: bitsandbytes' classes, the output head kept."""
+    return [f for f in arch.linear_families if f.scope != "head" and f.quantizable]
+
+
+def unquantized_notes(arch: ArchSpec) -> list[str]:
+    """Why QLoRA leaves weights beyond the embeddings, head and norms unquantized (fused experts, subclasses)."""
+    notes = []
+    subclassed = [f for f in arch.linear_families if f.scope != "head" and not f.quantizable]
+    if subclassed:
+        classes = sorted({f.module_class or "an nn.Linear subclass" for f in subclassed})
+        params = sum(f.weight_params for f in subclassed)
+        notes.append(f"QLoRA: {', '.join(classes)} ({params / 1e6:,.0f}M weights in "
+                     f"{', '.join(sorted({f.name for f in subclassed}))}) stay unquantized: transformers' bitsandbytes "
+                     "integration converts only exact nn.Linear and Conv1D, not subclasses of nn.Linear")
+    if arch.expert_params:
+        notes.append("MoE experts stored as 3-D parameters are not quantized by bitsandbytes (only nn.Linear is)")
+    return notes
+
+
 def persistent_terms(arch: ArchSpec, *, mode: str, dtype: str, targeted: list[LinearFamily], r: int,
                      optim: str, double_quant: bool, device: str = "cuda", extra_adapter_params: int = 0) -> Persistent:
     """``extra_adapter_params``: adapter parameters beyond the linear families (peft's LoRA on fused
     MoE expert parameters), from the trace-derived terms of :mod:`.layer_terms`."""
     load = DTYPE_BYTES[dtype]
     notes: list[str] = []
-    quantizable = [f for f in arch.linear_families if f.scope != "head"]
+    quantizable = quantized_families(arch)
     q_weight = sum(f.weight_params for f in quantizable)
     largest = max((f.in_features * f.out_features for f in arch.linear_families), default=0)
     if mode == "qlora":
@@ -60,10 +81,11 @@ def persistent_terms(arch: ArchSpec, *, mode: str, dtype: str, targeted: list[Li
         qstate = int(q_weight * (ABSMAX_DOUBLE_QUANT_BYTES if double_quant else ABSMAX_FP32_BYTES))
         if load != 4:
             notes.append(f"QLoRA: {rest / 1e6:,.0f}M non-quantized parameters (embeddings, head, norms"
-                         f"{', MoE experts' if arch.expert_params else ''}) are upcast to fp32 by "
+                         f"{', MoE experts' if arch.expert_params else ''}"
+                         f"{', nn.Linear subclasses' if any(not f.quantizable for f in arch.linear_families) else ''}"
+                         ") are upcast to fp32 by "
                          "prepare_model_for_kbit_training")
-        if arch.expert_params:
-            notes.append("MoE experts stored as 3-D parameters are not quantized by bitsandbytes (only nn.Linear is)")
+        notes += unquantized_notes(arch)
     else:
         weights, qstate, q_weight = arch.total_params * load, 0, 0
     weights += arch.buffer_bytes  # buffers keep their own dtypes (fp32 rope tables, bool masks)

@@ -31,9 +31,10 @@ HEALTHY = [
 @pytest.mark.parametrize("model_type, lora", HEALTHY, ids=[f"{m}-{i}" for i, (m, _) in enumerate(HEALTHY)])
 def test_healthy_configs_have_no_warnings(configs, model_type, lora):
     four_bit = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "bfloat16"}
-    # 4-bit on an MoE leaves the fused experts unquantized (qlora-moe-experts-unquantized): LoRA there
+    # 4-bit leaves an MoE's fused experts (qlora-moe-experts-unquantized) and Falcon's FalconLinear layers
+    # (qlora-weights-unquantized) unquantized: LoRA there
     report = diagnose(configs[model_type], lora, training_args={"bf16": True},
-                      quantization_config=None if model_type == "mixtral" else four_bit)
+                      quantization_config=None if model_type in ("mixtral", "falcon") else four_bit)
     assert not problems(report), [(f.code, f.message) for f in report.findings]
     assert report.ok and report.summary["matched_modules"] > 0
 
