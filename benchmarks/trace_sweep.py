@@ -47,13 +47,13 @@ def compare(model_type: str) -> tuple[dict[str, float], str]:
     from lora_doctor.memory.analytic import step_peak
     from lora_doctor.trace import trace_step
 
-    cfg = tiny_config(model_type)
-    if cfg is None:
-        return {}, "not a decoder-only text model"
     try:
+        cfg = tiny_config(model_type)
+        if cfg is None:
+            return {}, "not a decoder-only text model"
         resolved = resolve(cfg)
     except LoraDoctorError as exc:
-        return {}, f"cannot build: {str(exc)[:90]}"
+        return {}, f"cannot build: {str(exc)[:110]}"
     errors = {}
     for name, s in SETTINGS.items():
         try:
@@ -66,6 +66,11 @@ def compare(model_type: str) -> tuple[dict[str, float], str]:
     return errors, ""
 
 
+def _first_line(exc: BaseException, width: int = 90) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:width] if text else ""
+
+
 def main(argv: list[str]) -> int:
     import transformers
 
@@ -75,7 +80,10 @@ def main(argv: list[str]) -> int:
     worst, compared, skipped = 0.0, 0, []
     for model_type in types:
         t0 = time.perf_counter()
-        errors, reason = compare(model_type)
+        try:
+            errors, reason = compare(model_type)
+        except Exception as exc:  # noqa: BLE001 - one model type's failure must not end the sweep
+            errors, reason = {}, f"cannot build: {type(exc).__name__}: {_first_line(exc)}"
         if reason and not errors:
             skipped.append((model_type, reason))
             continue

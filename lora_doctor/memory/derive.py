@@ -182,7 +182,7 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
     n = window.arch.num_layers
     wkinds = _renumber(kinds[:n])
     shapes = ((1, seq), (2, seq), (1, 2 * seq), (2, 2 * seq))
-    samples, trainable = _saved_by_region(window, replace(s, gradient_checkpointing=False), shapes, device, n)
+    samples, trainable, excess = _saved_by_region(window, replace(s, gradient_checkpointing=False), shapes, device, n)
     regions = {r for smp in samples for r in smp}
     solved = {r: _solve([smp.get(r, 0.0) for smp in samples], seq) for r in regions}
     recipe = recipe_regions(window.arch, replace(s, batch_size=1, seq_len=seq), device)
@@ -208,7 +208,63 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
     return {"layers": residual_layers, "first": list(first),
             "outside": list(_sub(solved.get("outside", zero), recipe["outside"])),
             "logits": list(_sub(solved.get("logits", zero), recipe["logits"])),
-            "trainable": [0.0] * len(extra) if s.mode == "full" else extra}
+            "trainable": [0.0] * len(extra) if s.mode == "full" else extra,
+            "backward": _backward_terms(excess, trainable, seq, n, kinds, wkinds, to_model)}
+
+
+def _backward_terms(excess: list[dict[int, tuple[list[float], tuple[str, ...]]]], trainable: dict[str, int], seq: int, n: int,
+                    kinds: list[int], wkinds: list[int], to_model: dict[int, int]) -> dict | None:
+    """What one layer's backward adds on top of the saved activations of the layers not yet done and
+    the gradients already made, per layer kind (absolute, not a residual: the recipes have no such
+    term): the incoming gradient, the layer's own parameter gradients, the kernels' scratch (e.g. the
+    math SDPA path's ``[b, heads, s, s]`` gradients). Also the trainable parameters of each kind.
+
+    The peak of a backward is a maximum over its moments, and which moment wins depends on the shape
+    (per-token tensors at short sequences, ``[b, heads, s, s]`` ones at long): each moment is solved
+    in the (a, q, e, c) basis on its own (the op sequence is the same at every shape) and the moments
+    no other one dominates are kept; the engine takes the highest at the planned shape."""
+    if not excess or any(len(e) < n for e in excess):  # a layer's backward was not seen: recipe only
+        return None
+    solved = {i: _envelope([e[i] for e in excess], seq) for i in range(n)}
+    per_kind: dict[int, list] = {}
+    params: dict[int, list] = {}
+    for i in range(n):
+        params.setdefault(to_model[wkinds[i]], []).append(trainable.get(f"layer{i}", 0))
+        if i >= 1:
+            per_kind.setdefault(to_model[wkinds[i]], []).extend(solved[i])
+    if kinds[0] not in per_kind:
+        per_kind[kinds[0]] = list(solved[0])
+    return {"layers": [[list(t) for t in _undominated(per_kind.get(k, []))] for k in range(max(kinds) + 1)],
+            "first": [list(t) for t in solved[0]],
+            "params": [sum(params[k]) / len(params[k]) if params.get(k) else 0.0 for k in range(max(kinds) + 1)]}
+
+
+def _envelope(curves: list[tuple[list[float], tuple[str, ...]]], seq: int) -> list[tuple[float, float, float, float]]:
+    """The undominated moments of one layer's backward, from its curve at the four shapes. Moments are
+    matched across shapes by their op sequence (a batch of 2 may add a reduction over the batch); the
+    peaks are always kept as one more moment, so an unmatched peak still counts."""
+    import difflib
+
+    ref_ops = curves[0][1]
+    matched = {i: [v] for i, v in enumerate(curves[0][0])}
+    for values, ops in curves[1:]:
+        pairs = {}
+        for block in difflib.SequenceMatcher(None, ref_ops, ops, autojunk=False).get_matching_blocks():
+            for j in range(block.size):
+                pairs[block.a + j] = values[block.b + j]
+        matched = {i: vs + [pairs[i]] for i, vs in matched.items() if i in pairs}
+    moments = [_solve(vs, seq) for vs in matched.values()]
+    return _undominated(moments + [_solve([max(values) for values, _ in curves], seq)])
+
+
+def _undominated(terms: list) -> list[tuple[float, float, float, float]]:
+    """Terms not below another in every coefficient (the basis' features are all >= 0)."""
+    terms = sorted({tuple(round(x, 6) for x in t) for t in terms}, reverse=True)
+    kept: list[tuple[float, float, float, float]] = []
+    for t in terms:
+        if not any(all(k[j] >= t[j] for j in range(4)) for k in kept):
+            kept.append(t)  # type: ignore[arg-type]
+    return kept
 
 
 def _solve(v: list[float], seq: int) -> tuple[float, float, float, float]:
@@ -242,18 +298,20 @@ def _region(path: str, prefix: str | None, num_layers: int) -> str:
 
 
 def _saved_by_region(resolved: Any, s: PlanSettings, shapes: tuple, device: str, num_layers: int
-                     ) -> tuple[list[dict[str, float]], dict[str, int]]:
+                     ) -> tuple[list[dict[str, float]], dict[str, int], list[dict[int, tuple[list[float], tuple[str, ...]]]]]:
     """Per shape, bytes alive at the start of backward (saved for it) by region (layer<i>, outside,
-    logits); and trainable parameters by region."""
+    logits); trainable parameters by region; and per shape, what each layer's backward adds beyond the
+    saved bytes of layers ``<= i`` and outside the layers and the gradients made before it."""
     from ..trace.profile import saved_at_backward_start
 
-    per_shape, layers_prefix, params = saved_at_backward_start(resolved, s, shapes, foreach=device == "cuda")
+    per_shape, layers_prefix, params = saved_at_backward_start(resolved, s, shapes, foreach=device == "cuda",
+                                                                backward=True)
     trainable: dict[str, int] = {}
     for name, numel in params.items():
         region = _region(name, layers_prefix, num_layers)
         trainable[region] = trainable.get(region, 0) + numel
-    samples = []
-    for records in per_shape:
+    samples, excess = [], []
+    for records, layer_backwards in per_shape:
         out: dict[str, float] = {}
         for rec in records:
             if rec.category in PERSISTENT or rec.op == "register":
@@ -261,4 +319,7 @@ def _saved_by_region(resolved: Any, s: PlanSettings, shapes: tuple, device: str,
             region = "logits" if rec.category == "logits_and_loss" else _region(rec.module, layers_prefix, num_layers)
             out[region] = out.get(region, 0.0) + rec.nbytes
         samples.append(out)
-    return samples, trainable
+        excess.append({lb.layer: ([v - lb.gradients - out.get("outside", 0.0)
+                                   - sum(out.get(f"layer{j}", 0.0) for j in range(lb.layer + 1)) for v in lb.curve],
+                                  lb.ops) for lb in layer_backwards})
+    return samples, trainable, excess
