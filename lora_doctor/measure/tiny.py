@@ -62,7 +62,7 @@ def tiny_config(model_type: str) -> dict[str, Any] | None:
         return None
     if getattr(default, "is_encoder_decoder", False) or getattr(default, "sub_configs", None):
         return None
-    if getattr(default, "per_layer_config", None):
+    if _value(default, "is_heterogeneous"):
         raise UnsupportedModelError(f"{model_type}: a heterogeneous config (per_layer_config overrides sizes per "
                                     "layer); a tiny config of top-level fields cannot shrink it")
     fields: dict[str, Any] = {"model_type": model_type}
