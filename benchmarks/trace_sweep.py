@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -55,7 +57,10 @@ def compare(model_type: str) -> tuple[dict[str, float], str]:
     except LoraDoctorError as exc:
         return {}, f"cannot build: {str(exc)[:110]}"
     errors = {}
+    notes = ""
     for name, s in SETTINGS.items():
+        s, note = _wrappable(resolved.arch, s)
+        notes = notes or note
         try:
             traced = trace_step(resolved, s).peak_bytes
         except Exception as exc:  # model code that cannot run on fake tensors
@@ -63,7 +68,17 @@ def compare(model_type: str) -> tuple[dict[str, float], str]:
         totals = step_peak(resolved.arch, s)
         analytic = sum(totals.breakdown.values()) - CUBLAS_WORKSPACE_BYTES  # a constant both engines add
         errors[name] = analytic / traced - 1
-    return errors, ""
+    return errors, notes
+
+
+def _wrappable(arch: Any, s: PlanSettings) -> tuple[PlanSettings, str]:
+    """all-linear without the linear layers peft's LoRA cannot wrap (routers returning a tuple: the
+    doctor's target-non-tensor-output), as a user following the doctor's fix would run it."""
+    bad = set(arch.extra.get("non_tensor_linears") or ())
+    if s.mode == "full" or not bad or s.target_modules != "all-linear":
+        return s, ""
+    names = sorted({f.name for f in arch.linear_families if f.scope != "head" and f.name not in bad})
+    return replace(s, target_modules=tuple(names)), f"lora on all-linear minus {', '.join(sorted(bad))}"
 
 
 def _first_line(exc: BaseException, width: int = 90) -> str:

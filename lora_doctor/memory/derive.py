@@ -181,8 +181,10 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
 
     n = window.arch.num_layers
     wkinds = _renumber(kinds[:n])
-    shapes = ((1, seq), (2, seq), (1, 2 * seq), (2, 2 * seq))
+    check = _check_shape(window.arch, seq)
+    shapes = ((1, seq), (2, seq), (1, 2 * seq), (2, 2 * seq), check)
     samples, trainable, excess = _saved_by_region(window, replace(s, gradient_checkpointing=False), shapes, device, n)
+    samples = samples[:4]   # the fifth shape only checks the backward moments (_envelope)
     regions = {r for smp in samples for r in smp}
     solved = {r: _solve([smp.get(r, 0.0) for smp in samples], seq) for r in regions}
     recipe = recipe_regions(window.arch, replace(s, batch_size=1, seq_len=seq), device)
@@ -209,10 +211,11 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
             "outside": list(_sub(solved.get("outside", zero), recipe["outside"])),
             "logits": list(_sub(solved.get("logits", zero), recipe["logits"])),
             "trainable": [0.0] * len(extra) if s.mode == "full" else extra,
-            "backward": _backward_terms(excess, trainable, seq, n, kinds, wkinds, to_model)}
+            "backward": _backward_terms(excess, trainable, seq, check, n, kinds, wkinds, to_model)}
 
 
-def _backward_terms(excess: list[dict[int, tuple[list[float], tuple[str, ...]]]], trainable: dict[str, int], seq: int, n: int,
+def _backward_terms(excess: list[dict[int, tuple[list[float], tuple[str, ...]]]], trainable: dict[str, int], seq: int,
+                    check: tuple[int, int], n: int,
                     kinds: list[int], wkinds: list[int], to_model: dict[int, int]) -> dict | None:
     """What one layer's backward adds on top of the saved activations of the layers not yet done and
     the gradients already made, per layer kind (absolute, not a residual: the recipes have no such
@@ -225,7 +228,7 @@ def _backward_terms(excess: list[dict[int, tuple[list[float], tuple[str, ...]]]]
     no other one dominates are kept; the engine takes the highest at the planned shape."""
     if not excess or any(len(e) < n for e in excess):  # a layer's backward was not seen: recipe only
         return None
-    solved = {i: _envelope([e[i] for e in excess], seq) for i in range(n)}
+    solved = {i: _envelope([e[i] for e in excess], seq, check) for i in range(n)}
     per_kind: dict[int, list] = {}
     params: dict[int, list] = {}
     for i in range(n):
@@ -239,10 +242,21 @@ def _backward_terms(excess: list[dict[int, tuple[list[float], tuple[str, ...]]]]
             "params": [sum(params[k]) / len(params[k]) if params.get(k) else 0.0 for k in range(max(kinds) + 1)]}
 
 
-def _envelope(curves: list[tuple[list[float], tuple[str, ...]]], seq: int) -> list[tuple[float, float, float, float]]:
-    """The undominated moments of one layer's backward, from its curve at the four shapes. Moments are
-    matched across shapes by their op sequence (a batch of 2 may add a reduction over the batch); the
-    peaks are always kept as one more moment, so an unmatched peak still counts."""
+def _check_shape(arch: ArchSpec, seq: int) -> tuple[int, int]:
+    """A fifth (batch, seq) shape that each backward moment's fit must predict: past the four (so an
+    extrapolation error shows), in the same sliding-window regime."""
+    w = _window_of(arch)
+    return (3, 4 * seq) if not w or seq > w or 4 * seq <= w else (3, 2 * seq)
+
+
+def _envelope(curves: list[tuple[list[float], tuple[str, ...]]], seq: int,
+              check: tuple[int, int]) -> list[tuple[float, float, float, float]]:
+    """The undominated moments of one layer's backward, from its curve at the five shapes.
+
+    Moments are matched across shapes by their op sequence (a batch of 2 may add a reduction over the
+    batch), solved from the first four shapes, and kept only when they predict the fifth (a moment
+    matched to another op at some shape does not). When the kept moments miss a shape's peak (the
+    peak moment did not match), the peaks, fitted the same way, are kept too if they pass the check."""
     import difflib
 
     ref_ops = curves[0][1]
@@ -253,8 +267,26 @@ def _envelope(curves: list[tuple[list[float], tuple[str, ...]]], seq: int) -> li
             for j in range(block.size):
                 pairs[block.a + j] = values[block.b + j]
         matched = {i: vs + [pairs[i]] for i, vs in matched.items() if i in pairs}
-    moments = [_solve(vs, seq) for vs in matched.values()]
-    return _undominated(moments + [_solve([max(values) for values, _ in curves], seq)])
+    kept = [term for vs in matched.values() if _predicts((term := _solve(vs[:4], seq)), vs[4], seq, check)]
+    peaks = [max(values) for values, _ in curves]
+    covered = [max((vs[k] for vs in matched.values()), default=0.0) for k in range(len(curves))]
+    if any(c < p - _tolerance(p) for c, p in zip(covered, peaks)) or not kept:
+        term = _solve(peaks[:4], seq)
+        if _predicts(term, peaks[4], seq, check) or not kept:
+            kept.append(term)
+    return _undominated(kept)
+
+
+def _tolerance(measured: float) -> float:
+    """The allocator's 512-byte rounding of the tensors alive: 0.5%, at least 64 KiB."""
+    return max(0.005 * abs(measured), 65536.0)
+
+
+def _predicts(term: tuple[float, float, float, float], measured: float, seq: int, check: tuple[int, int]) -> bool:
+    """Whether ``term`` gives the bytes measured at the check shape."""
+    b, s = check
+    a, q, e, c = term
+    return abs(a * b * s + q * b * s * s + e * s + c - measured) <= _tolerance(measured)
 
 
 def _undominated(terms: list) -> list[tuple[float, float, float, float]]:
