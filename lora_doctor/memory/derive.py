@@ -243,10 +243,14 @@ def _backward_terms(excess: list[dict[int, tuple[list[float], tuple[str, ...]]]]
 
 
 def _check_shape(arch: ArchSpec, seq: int) -> tuple[int, int]:
-    """A fifth (batch, seq) shape that each backward moment's fit must predict: past the four (so an
-    extrapolation error shows), in the same sliding-window regime."""
+    """A fifth (batch, seq) shape that each backward moment's fit must predict: longer than the four (so
+    an extrapolation error shows), in the same sliding-window regime. Batch 1, because a batch of 1
+    skips some reductions over the batch (a broadcast mask's gradient), which no term of the basis
+    can switch off, and batch 1 is a plan that must be exact."""
     w = _window_of(arch)
-    return (3, 4 * seq) if not w or seq > w or 4 * seq <= w else (3, 2 * seq)
+    if not w or seq > w or 4 * seq <= w:
+        return (1, 4 * seq)
+    return (1, w) if w > 2 * seq else (3, 2 * seq)   # no longer sequence within the window: a larger batch
 
 
 def _envelope(curves: list[tuple[list[float], tuple[str, ...]]], seq: int,
