@@ -55,12 +55,12 @@ def test_math_attention_backward_is_derived_falcon():
 
 
 def test_backward_moments_are_matched_by_op_and_checked_on_a_fifth_shape():
-    from lora_doctor.memory.derive import _check_shape, _envelope, _solve
+    from lora_doctor.memory.moments import _envelope, check_shape, solve
 
     S = 64
-    shapes = [(1, S), (2, S), (1, 2 * S), (2, 2 * S), _check_shape(resolve(tiny_config("llama")).arch, S)]
+    shapes = [(1, S), (2, S), (1, 2 * S), (2, 2 * S), check_shape(0, S)]
     scratch = lambda b, s: 40 * b * s + 16 * b * s * s + 1000   # noqa: E731 - a [b, h, s, s] gradient
-    incoming = lambda b, s: 900 * b * s                          # noqa: E731 - per-token tensors
+    incoming = lambda b, s: 900 * b * s   # noqa: E731 - per-token tensors
     curves = []
     for b, s in shapes:
         values, ops = [0.0, incoming(b, s), scratch(b, s)], ["", "mm", "bmm"]
@@ -71,7 +71,7 @@ def test_backward_moments_are_matched_by_op_and_checked_on_a_fifth_shape():
     kept = _envelope(curves, S, shapes[4])
     assert (40.0, 16.0, 0.0, 1000.0) in kept and (900.0, 0.0, 0.0, 0.0) in kept
     # a moment whose points at the four shapes belong to different ops is dropped by the check
-    assert _solve([scratch(*shapes[0]), incoming(*shapes[1]), scratch(*shapes[2]), incoming(*shapes[3])], S) not in kept
+    assert solve([scratch(*shapes[0]), incoming(*shapes[1]), scratch(*shapes[2]), incoming(*shapes[3])], S) not in kept
 
 
 def test_qlora_on_moe_is_traced_not_a_fallback():

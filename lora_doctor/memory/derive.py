@@ -2,13 +2,16 @@
 
 For one setting class, the model is rebuilt with just enough layers to contain every layer kind
 past the first layer (a *window*: 2 layers for uniform models, the first pattern period for
-sliding/global alternations or dense/MoE mixes), at full width, and one forward pass is traced on
-fake tensors (:mod:`lora_doctor.trace`) at four shapes: (batch, seq) = (1, S), (2, S), (1, 2S), (2, 2S),
-with S below the sliding window, and again above it when the model has one.
+sliding/global alternations or dense/MoE mixes), at full width, and one forward and backward pass is
+traced on fake tensors (:mod:`lora_doctor.trace`) at four shapes: (batch, seq) = (1, S), (2, S), (1, 2S),
+(2, 2S), with S below the sliding window, and again above it when the model has one; plus a fifth
+shape that checks the backward moments (:func:`.moments.check_shape`).
 Everything alive when backward starts is what autograd saved; each storage is attributed to the
 region whose module created it (layer ``i``, outside the layers, or the logits). Solving the four
 shapes for ``a * tokens + q * tokens * seq + e * seq + c`` per region, and subtracting the recipe's own
 numbers (:func:`lora_doctor.memory.analytic.recipe_regions`), gives the residual the engine adds.
+What each layer's backward adds on top is kept per layer kind as its undominated moments
+(:mod:`.moments`).
 
 Imports torch; :func:`derive_terms` is what ``scripts/build_catalog.py`` stores as
 ``ArchSpec.derived`` so that planning a catalog model stays torch-free.
@@ -25,6 +28,7 @@ from ..arch import ArchSpec
 from ..plan_types import PlanSettings
 from . import layer_terms
 from .analytic import recipe_regions
+from .moments import backward_terms, check_shape, solve as _solve
 
 SEQ = 64                       # S of the traced shapes (batch, seq): (1, S), (2, S), (1, 2S), (2, 2S)
 PERSISTENT = ("weights", "adapters", "quantization_state", "optimizer_states",
@@ -181,10 +185,10 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
 
     n = window.arch.num_layers
     wkinds = _renumber(kinds[:n])
-    check = _check_shape(window.arch, seq)
+    check = check_shape(_window_of(window.arch), seq)
     shapes = ((1, seq), (2, seq), (1, 2 * seq), (2, 2 * seq), check)
     samples, trainable, excess = _saved_by_region(window, replace(s, gradient_checkpointing=False), shapes, device, n)
-    samples = samples[:4]   # the fifth shape only checks the backward moments (_envelope)
+    samples = samples[:4]   # the fifth shape only checks the backward moments (moments.check_shape)
     regions = {r for smp in samples for r in smp}
     solved = {r: _solve([smp.get(r, 0.0) for smp in samples], seq) for r in regions}
     recipe = recipe_regions(window.arch, replace(s, batch_size=1, seq_len=seq), device)
@@ -211,107 +215,7 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
             "outside": list(_sub(solved.get("outside", zero), recipe["outside"])),
             "logits": list(_sub(solved.get("logits", zero), recipe["logits"])),
             "trainable": [0.0] * len(extra) if s.mode == "full" else extra,
-            "backward": _backward_terms(excess, trainable, seq, check, n, kinds, wkinds, to_model)}
-
-
-def _backward_terms(excess: list[dict[int, tuple[list[float], tuple[str, ...]]]], trainable: dict[str, int], seq: int,
-                    check: tuple[int, int], n: int,
-                    kinds: list[int], wkinds: list[int], to_model: dict[int, int]) -> dict | None:
-    """What one layer's backward adds on top of the saved activations of the layers not yet done and
-    the gradients already made, per layer kind (absolute, not a residual: the recipes have no such
-    term): the incoming gradient, the layer's own parameter gradients, the kernels' scratch (e.g. the
-    math SDPA path's ``[b, heads, s, s]`` gradients). Also the trainable parameters of each kind.
-
-    The peak of a backward is a maximum over its moments, and which moment wins depends on the shape
-    (per-token tensors at short sequences, ``[b, heads, s, s]`` ones at long): each moment is solved
-    in the (a, q, e, c) basis on its own (the op sequence is the same at every shape) and the moments
-    no other one dominates are kept; the engine takes the highest at the planned shape."""
-    if not excess or any(len(e) < n for e in excess):  # a layer's backward was not seen: recipe only
-        return None
-    solved = {i: _envelope([e[i] for e in excess], seq, check) for i in range(n)}
-    per_kind: dict[int, list] = {}
-    params: dict[int, list] = {}
-    for i in range(n):
-        params.setdefault(to_model[wkinds[i]], []).append(trainable.get(f"layer{i}", 0))
-        if i >= 1:
-            per_kind.setdefault(to_model[wkinds[i]], []).extend(solved[i])
-    if kinds[0] not in per_kind:
-        per_kind[kinds[0]] = list(solved[0])
-    return {"layers": [[list(t) for t in _undominated(per_kind.get(k, []))] for k in range(max(kinds) + 1)],
-            "first": [list(t) for t in solved[0]],
-            "params": [sum(params[k]) / len(params[k]) if params.get(k) else 0.0 for k in range(max(kinds) + 1)]}
-
-
-def _check_shape(arch: ArchSpec, seq: int) -> tuple[int, int]:
-    """A fifth (batch, seq) shape that each backward moment's fit must predict: longer than the four (so
-    an extrapolation error shows), in the same sliding-window regime. Batch 1, because a batch of 1
-    skips some reductions over the batch (a broadcast mask's gradient), which no term of the basis
-    can switch off, and batch 1 is a plan that must be exact."""
-    w = _window_of(arch)
-    if not w or seq > w or 4 * seq <= w:
-        return (1, 4 * seq)
-    return (1, w) if w > 2 * seq else (3, 2 * seq)   # no longer sequence within the window: a larger batch
-
-
-def _envelope(curves: list[tuple[list[float], tuple[str, ...]]], seq: int,
-              check: tuple[int, int]) -> list[tuple[float, float, float, float]]:
-    """The undominated moments of one layer's backward, from its curve at the five shapes.
-
-    Moments are matched across shapes by their op sequence (a batch of 2 may add a reduction over the
-    batch), solved from the first four shapes, and kept only when they predict the fifth (a moment
-    matched to another op at some shape does not). When the kept moments miss a shape's peak (the
-    peak moment did not match), the peaks, fitted the same way, are kept too if they pass the check."""
-    import difflib
-
-    ref_ops = curves[0][1]
-    matched = {i: [v] for i, v in enumerate(curves[0][0])}
-    for values, ops in curves[1:]:
-        pairs = {}
-        for block in difflib.SequenceMatcher(None, ref_ops, ops, autojunk=False).get_matching_blocks():
-            for j in range(block.size):
-                pairs[block.a + j] = values[block.b + j]
-        matched = {i: vs + [pairs[i]] for i, vs in matched.items() if i in pairs}
-    kept = [term for vs in matched.values() if _predicts((term := _solve(vs[:4], seq)), vs[4], seq, check)]
-    peaks = [max(values) for values, _ in curves]
-    covered = [max((vs[k] for vs in matched.values()), default=0.0) for k in range(len(curves))]
-    if any(c < p - _tolerance(p) for c, p in zip(covered, peaks)) or not kept:
-        term = _solve(peaks[:4], seq)
-        if _predicts(term, peaks[4], seq, check) or not kept:
-            kept.append(term)
-    return _undominated(kept)
-
-
-def _tolerance(measured: float) -> float:
-    """The allocator's 512-byte rounding of the tensors alive: 0.5%, at least 64 KiB."""
-    return max(0.005 * abs(measured), 65536.0)
-
-
-def _predicts(term: tuple[float, float, float, float], measured: float, seq: int, check: tuple[int, int]) -> bool:
-    """Whether ``term`` gives the bytes measured at the check shape."""
-    b, s = check
-    a, q, e, c = term
-    return abs(a * b * s + q * b * s * s + e * s + c - measured) <= _tolerance(measured)
-
-
-def _undominated(terms: list) -> list[tuple[float, float, float, float]]:
-    """Terms not below another in every coefficient (the basis' features are all >= 0)."""
-    terms = sorted({tuple(round(x, 6) for x in t) for t in terms}, reverse=True)
-    kept: list[tuple[float, float, float, float]] = []
-    for t in terms:
-        if not any(all(k[j] >= t[j] for j in range(4)) for k in kept):
-            kept.append(t)  # type: ignore[arg-type]
-    return kept
-
-
-def _solve(v: list[float], seq: int) -> tuple[float, float, float, float]:
-    """(a, q, e, c) from bytes at (1, S), (2, S), (1, 2S), (2, 2S) for a*b*s + q*b*s^2 + e*s + c."""
-    A, B, C, D = v
-    S = float(seq)
-    q = ((D - C) - 2 * (B - A)) / (2 * S * S)
-    a = (B - A) / S - q * S
-    e = (C - A) / S - a - 3 * q * S
-    c = A - a * S - q * S * S - e * S
-    return (a, q, e, c)
+            "backward": backward_terms(excess, trainable, seq, check, n, kinds, wkinds, to_model)}
 
 
 def _sub(x: tuple, y: tuple) -> tuple[float, float, float]:

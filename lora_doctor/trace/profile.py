@@ -44,7 +44,7 @@ class LayerBackward:
 
 def saved_at_backward_start(resolved: ResolvedModel, settings: PlanSettings,
                             shapes: Sequence[tuple[int, int]], *, foreach: bool = True, backward: bool = False
-                            ) -> tuple[list[list[StorageRecord]], str | None, dict[str, int]]:
+                            ) -> tuple[list[Any], str | None, dict[str, int]]:
     """For each (batch, seq) shape: the storages alive after one forward pass. Also the module path
     of the decoder layer list and the trainable parameters by name. The model is built once.
 
