@@ -144,6 +144,8 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda") -> Phase
     if arch.extra.get("final_logit_softcapping"):
         loss_bwd += T * V * logit_bytes
     loss_peak = max(loss_fwd, loss_bwd)
+    if res is not None and res.backward_loss:  # traced: logits and loss in the dtypes the model uses
+        loss_peak = max(loss_peak, int(res.highest(res.backward_loss, T, seq)))
     dequant = pers.largest_quantized_params * 2 if s.mode == "qlora" else 0
     transient = int(T * est.transient_tokens) + dequant
 

@@ -23,7 +23,8 @@ Stored in :attr:`ArchSpec.derived` (the catalog ships them, so catalog plans sta
                                                                       # the linear families (MoE experts)
                                  "backward": {"layers": [[[a, q, e, c], ...], ...],  # per kind, absolute:
                                               "first": [[a, q, e, c], ...],  # what its backward adds at
-                                              "params": [per kind]}}}}       # each moment; params per kind
+                                              "params": [per kind],          # each moment; params per kind
+                                              "loss": [[a, q, e, c], ...]}}}}  # the loss and head backward
 
 ``backward`` (optional; classes derived before it have none and plan without that phase) is what one
 layer's backward adds on top of the saved activations of the layers not yet done and the gradients
@@ -83,6 +84,7 @@ class Residual:
                                                   # undominated moments (absolute), see derive
     backward_first: tuple[Term, ...] = ()        # the same for layer 0
     layer_params: tuple[float, ...] = ()   # trainable parameters per layer kind (their gradients)
+    backward_loss: tuple[Term, ...] = ()   # the loss and head backward: beyond the saved activations
 
     def term(self, t: Term, tokens: int, seq: int) -> float:
         a, q, e, c = t
@@ -116,7 +118,8 @@ class Residual:
         return cls(tuple(term(t) for t in data["layers"]), term(data["first"]), term(data["outside"]),
                    term(data["logits"]), tuple(kinds), tuple(data.get("trainable", ())), scale, key, only_adds,
                    tuple(tuple(term(t) for t in kind) for kind in bw.get("layers", ())),
-                   tuple(term(t) for t in bw.get("first", ())), tuple(bw.get("params", ())))
+                   tuple(term(t) for t in bw.get("first", ())), tuple(bw.get("params", ())),
+                   tuple(term(t) for t in bw.get("loss", ())))
 
 
 # Derives terms for an arch built from a config (set by lora_doctor.introspect; imports torch).

@@ -38,13 +38,15 @@ def backward_terms(excess: list[dict[int, Curve]], trainable: dict[str, int], se
     """What one layer's backward adds on top of the saved activations of the layers not yet done and
     the gradients already made, per layer kind (absolute, not a residual: the recipes have no such
     term): the incoming gradient, the layer's own parameter gradients, the kernels' scratch (e.g. the
-    math SDPA path's ``[b, heads, s, s]`` gradients). Also the trainable parameters of each kind.
+    math SDPA path's ``[b, heads, s, s]`` gradients). Also the trainable parameters of each kind, and
+    the same moments for the loss and head backward before the last layer's (``loss``: logits and loss
+    tensors in whatever dtypes the model computes them, e.g. Beam's fp32 logit softcapping).
 
     The peak of a backward is a maximum over its moments, and which moment wins depends on the shape
     (per-token tensors at short sequences, ``[b, heads, s, s]`` ones at long): each moment is solved
     in the (a, q, e, c) basis on its own (the op sequence is the same at every shape) and the moments
     no other one dominates are kept; the engine takes the highest at the planned shape."""
-    if not excess or any(len(e) < n for e in excess):  # a layer's backward was not seen: recipe only
+    if not excess or any(any(i not in e for i in range(n)) for e in excess):  # a layer not seen: recipe only
         return None
     solved = {i: _envelope([e[i] for e in excess], seq, check) for i in range(n)}
     per_kind: dict[int, list] = {}
@@ -55,7 +57,9 @@ def backward_terms(excess: list[dict[int, Curve]], trainable: dict[str, int], se
             per_kind.setdefault(to_model[wkinds[i]], []).extend(solved[i])
     if kinds[0] not in per_kind:
         per_kind[kinds[0]] = list(solved[0])
+    loss = _envelope([e[n] for e in excess], seq, check) if all(n in e for e in excess) else []
     return {"layers": [[list(t) for t in _undominated(per_kind.get(k, []))] for k in range(max(kinds) + 1)],
+            "loss": [list(t) for t in loss],
             "first": [list(t) for t in solved[0]],
             "params": [sum(params[k]) / len(params[k]) if params.get(k) else 0.0 for k in range(max(kinds) + 1)]}
 

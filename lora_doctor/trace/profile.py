@@ -32,7 +32,7 @@ from .patches import quiet_third_party, real_batch_decisions
 class LayerBackward:
     """One decoder layer's backward in a traced step (bytes of non-persistent storages)."""
 
-    layer: int
+    layer: int               # the number of layers: the loss and the head, before the last layer
     curve: tuple[int, ...]   # bytes alive when it starts and after each allocation while it runs
     gradients: int           # parameter gradients already made when it starts (layers after it, the head)
     ops: tuple[str, ...] = ()   # the op behind each point of the curve ("" for the start)
@@ -103,7 +103,7 @@ def _forward(built: Any, settings: PlanSettings, batch_size: int, seq_len: int, 
              if id(p.grad.untyped_storage()) in timeline._live}
     for p in params:
         p.grad = None
-    return alive, _layer_backwards(timeline, marks, grads)
+    return alive, _layer_backwards(timeline, marks + [(start, len(layers))], grads)
 
 
 def _alive(timeline: StorageTimeline, upto: int) -> list[StorageRecord]:
