@@ -101,6 +101,7 @@ def main(argv: list[str]) -> int:
             errors, reason = {}, f"cannot build: {type(exc).__name__}: {_first_line(exc)}"
         if reason and not errors:
             skipped.append((model_type, reason))
+            print(f"{model_type:28s} skipped: {reason}", file=sys.stderr, flush=True)  # as it happens
             continue
         compared += 1
         worst = max([worst, *(abs(e) for e in errors.values())])

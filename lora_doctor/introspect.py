@@ -244,7 +244,7 @@ def _extra_fields(text: Any) -> dict:
     """Block details the activation recipes read (kept small and JSON-serializable)."""
     keys = ("hidden_act", "activation_function", "attention_dropout", "hidden_dropout", "attn_pdrop",
             "resid_pdrop", "embd_pdrop", "dropout", "attention_probs_dropout_prob", "hidden_dropout_prob",
-            "parallel_attn", "new_decoder_architecture", "alibi", "sliding_window",
+            "parallel_attn", "new_decoder_architecture", "alibi", "sliding_window", "attention_chunk_size",
             "final_logit_softcapping", "attn_logit_softcapping", "word_embed_proj_dim", "do_layer_norm_before",
             "max_position_embeddings", "n_positions")
     out = {}

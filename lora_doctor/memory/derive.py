@@ -68,8 +68,7 @@ def derive_terms(model_or_config: Any, settings: Iterable[PlanSettings] = CATALO
 
 
 def _window_of(arch: ArchSpec) -> int:
-    w = arch.extra.get("sliding_window")
-    return w if isinstance(w, int) and not isinstance(w, bool) and w > 0 else 0
+    return layer_terms.window_of(arch)
 
 
 def _seq_for(arch: ArchSpec, long: bool) -> int:

@@ -49,10 +49,22 @@ Term = tuple[float, float, float, float]   # (a, q, e, c), see the module docstr
 ZERO: Term = (0.0, 0.0, 0.0, 0.0)
 
 
+# Config fields after which longer sequences take another attention path: sliding windows, and
+# Llama-4's chunked attention (attention within chunks of ``attention_chunk_size`` tokens).
+WINDOW_FIELDS = ("sliding_window", "attention_chunk_size")
+
+
+def window_of(arch: ArchSpec) -> int:
+    """The shortest such length of ``arch`` (0: none)."""
+    found = [w for w in (arch.extra.get(f) for f in WINDOW_FIELDS)
+             if isinstance(w, int) and not isinstance(w, bool) and w > 0]
+    return min(found, default=0)
+
+
 def long_regime(arch: ArchSpec, seq_len: int) -> bool:
-    """Sequences longer than the sliding window take another code path (explicit masks)."""
-    window = arch.extra.get("sliding_window")
-    return isinstance(window, int) and not isinstance(window, bool) and 0 < window < seq_len
+    """Sequences longer than the sliding window (or attention chunk) take another code path (explicit masks)."""
+    window = window_of(arch)
+    return 0 < window < seq_len
 
 
 def coarse_key(s: PlanSettings, device: str = "cuda", long: bool = False) -> str:
