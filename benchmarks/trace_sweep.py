@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -47,15 +49,18 @@ def compare(model_type: str) -> tuple[dict[str, float], str]:
     from lora_doctor.memory.analytic import step_peak
     from lora_doctor.trace import trace_step
 
-    cfg = tiny_config(model_type)
-    if cfg is None:
-        return {}, "not a decoder-only text model"
     try:
+        cfg = tiny_config(model_type)
+        if cfg is None:
+            return {}, "not a decoder-only text model"
         resolved = resolve(cfg)
     except LoraDoctorError as exc:
-        return {}, f"cannot build: {str(exc)[:90]}"
+        return {}, f"cannot build: {str(exc)[:110]}"
     errors = {}
+    notes = ""
     for name, s in SETTINGS.items():
+        s, note = _wrappable(resolved.arch, s)
+        notes = notes or note
         try:
             traced = trace_step(resolved, s).peak_bytes
         except Exception as exc:  # model code that cannot run on fake tensors
@@ -63,7 +68,22 @@ def compare(model_type: str) -> tuple[dict[str, float], str]:
         totals = step_peak(resolved.arch, s)
         analytic = sum(totals.breakdown.values()) - CUBLAS_WORKSPACE_BYTES  # a constant both engines add
         errors[name] = analytic / traced - 1
-    return errors, ""
+    return errors, notes
+
+
+def _wrappable(arch: Any, s: PlanSettings) -> tuple[PlanSettings, str]:
+    """all-linear without the linear layers peft's LoRA cannot wrap (routers returning a tuple: the
+    doctor's target-non-tensor-output), as a user following the doctor's fix would run it."""
+    bad = set(arch.extra.get("non_tensor_linears") or ())
+    if s.mode == "full" or not bad or s.target_modules != "all-linear":
+        return s, ""
+    names = sorted({f.name for f in arch.linear_families if f.scope != "head" and f.name not in bad})
+    return replace(s, target_modules=tuple(names)), f"lora on all-linear minus {', '.join(sorted(bad))}"
+
+
+def _first_line(exc: BaseException, width: int = 90) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:width] if text else ""
 
 
 def main(argv: list[str]) -> int:
@@ -75,9 +95,13 @@ def main(argv: list[str]) -> int:
     worst, compared, skipped = 0.0, 0, []
     for model_type in types:
         t0 = time.perf_counter()
-        errors, reason = compare(model_type)
+        try:
+            errors, reason = compare(model_type)
+        except Exception as exc:  # noqa: BLE001 - one model type's failure must not end the sweep
+            errors, reason = {}, f"cannot build: {type(exc).__name__}: {_first_line(exc)}"
         if reason and not errors:
             skipped.append((model_type, reason))
+            print(f"{model_type:28s} skipped: {reason}", file=sys.stderr, flush=True)  # as it happens
             continue
         compared += 1
         worst = max([worst, *(abs(e) for e in errors.values())])

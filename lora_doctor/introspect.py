@@ -190,7 +190,7 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
         default_targets=default_lora_targets(config.model_type),
         num_experts=int(getattr(text, "num_local_experts", 0) or getattr(text, "num_experts", 0) or 0),
         experts_per_token=int(getattr(text, "num_experts_per_tok", 0) or 0),
-        extra=_extra_fields(text),
+        extra=dict(_extra_fields(text), **({"non_tensor_linears": bad} if (bad := non_tensor_linears(model)) else {})),
         towers=towers,
         buffer_bytes=int(sum(b.numel() * b.element_size() for b in model.buffers())),
     )
@@ -223,11 +223,46 @@ def bnb_converts(module: Any) -> bool:
     return type(module).__module__.split(".", 1)[0] == "bitsandbytes"
 
 
+def returns_tensor(module: Any) -> bool | None:
+    """Whether an ``nn.Linear`` (subclass) returns one tensor, as peft's LoRA layer assumes (it reads the
+    output's ``.dtype``). A subclass with its own ``forward`` (MoE routers: PhiMoE's, Llama-4's return
+    ``(scores, indices)``) is called once on a 2-row input on its weight's device (meta: no compute);
+    None when that call fails (not known)."""
+    import torch
+    import torch.nn as nn
+
+    if not isinstance(module, nn.Linear) or type(module).forward is nn.Linear.forward:
+        return True
+    weight = getattr(module, "weight", None)
+    if weight is None or weight.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return None   # a quantized weight: its own kernels, not a router
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(2, int(module.in_features), device=weight.device, dtype=weight.dtype))
+    except Exception:  # model code that needs more than one input
+        return None
+    return isinstance(out, torch.Tensor)
+
+
+def non_tensor_linears(model: Any) -> list[str]:
+    """Names (last path component) of linear layers whose forward does not return one tensor."""
+    import torch.nn as nn
+
+    names: set[str] = set()
+    verdict: dict[type, bool | None] = {}
+    for path, module in model.named_modules():
+        if isinstance(module, nn.Linear) and type(module) not in verdict:
+            verdict[type(module)] = returns_tensor(module)
+        if isinstance(module, nn.Linear) and verdict[type(module)] is False:
+            names.add(path.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
 def _extra_fields(text: Any) -> dict:
     """Block details the activation recipes read (kept small and JSON-serializable)."""
     keys = ("hidden_act", "activation_function", "attention_dropout", "hidden_dropout", "attn_pdrop",
             "resid_pdrop", "embd_pdrop", "dropout", "attention_probs_dropout_prob", "hidden_dropout_prob",
-            "parallel_attn", "new_decoder_architecture", "alibi", "sliding_window",
+            "parallel_attn", "new_decoder_architecture", "alibi", "sliding_window", "attention_chunk_size",
             "final_logit_softcapping", "attn_logit_softcapping", "word_embed_proj_dim", "do_layer_norm_before",
             "max_position_embeddings", "n_positions")
     out = {}

@@ -46,6 +46,34 @@ def test_analytic_within_3_percent_of_trace(model_type, overrides):
     assert abs(_error(model_type, LORA, **overrides)) <= 0.03
 
 
+def test_math_attention_backward_is_derived_falcon():
+    """Falcon's multi-query attention (4 query heads, 1 key/value head, no enable_gqa) takes SDPA's math path
+    on CUDA as on CPU: fp32 [b, heads, s, s] scores saved, and their gradients during each layer's backward.
+    The derived backward moments carry them (the recipes alone were 5.6% under)."""
+    s = PlanSettings(mode="full", batch_size=1, seq_len=512)
+    assert abs(_error("falcon", s)) <= 0.02
+
+
+def test_backward_moments_are_matched_by_op_and_checked_on_a_fifth_shape():
+    from lora_doctor.memory.moments import _envelope, check_shape, solve
+
+    S = 64
+    shapes = [(1, S), (2, S), (1, 2 * S), (2, 2 * S), check_shape(0, S)]
+    scratch = lambda b, s: 40 * b * s + 16 * b * s * s + 1000   # noqa: E731 - a [b, h, s, s] gradient
+    incoming = lambda b, s: 900 * b * s   # noqa: E731 - per-token tensors
+    curves = []
+    for b, s in shapes:
+        values, ops = [0.0, incoming(b, s), scratch(b, s)], ["", "mm", "bmm"]
+        if b > 1:   # a reduction over the batch that batch 1 does not run
+            values.insert(1, 5.0 * s)
+            ops.insert(1, "sum")
+        curves.append((values, tuple(ops)))
+    kept = _envelope(curves, S, shapes[4])
+    assert (40.0, 16.0, 0.0, 1000.0) in kept and (900.0, 0.0, 0.0, 0.0) in kept
+    # a moment whose points at the four shapes belong to different ops is dropped by the check
+    assert solve([scratch(*shapes[0]), incoming(*shapes[1]), scratch(*shapes[2]), incoming(*shapes[3])], S) not in kept
+
+
 def test_qlora_on_moe_is_traced_not_a_fallback():
     from lora_doctor.trace import trace_plan
 

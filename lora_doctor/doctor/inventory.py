@@ -32,6 +32,7 @@ class ModuleEntry:
     scope: str = "other"       # blocks | encoder | decoder | head | embedding | vision | projector | other
     quantized: bool = False
     bnb_converts: bool = False # a 4-bit / 8-bit load would quantize it (exact nn.Linear or Conv1D, or already done)
+    returns_tensor: bool | None = True   # False: its forward returns a tuple (an MoE router); None: not known
 
 
 @dataclass
@@ -118,8 +119,11 @@ def gather(model: Any) -> ModuleInventory:
             head_path = unwrapped
         if inputs is not None and input_path is None and (module is inputs or getattr(module, "base_layer", None) is inputs):
             input_path = unwrapped
+    from ..introspect import returns_tensor
+
     entries: list[ModuleEntry] = []
     experts: list[tuple[str, tuple[int, ...]]] = []
+    output_kind: dict[type, bool | None] = {}   # probed once per class
     for path, module in base.named_modules():
         if not path or _ADAPTER_PART.search(path):
             continue
@@ -128,9 +132,12 @@ def gather(model: Any) -> ModuleInventory:
         weight = getattr(getattr(module, "base_layer", module), "weight", None)
         quantized = type(weight).__name__ in ("Params4bit", "Int8Params")
         layer = getattr(module, "base_layer", module)
+        if kind == "linear" and type(layer) not in output_kind:
+            output_kind[type(layer)] = returns_tensor(layer)
         entries.append(ModuleEntry(path, kind, type(layer).__name__, in_f, out_f,
                                    scope_of(path, kind, head_path, enc_dec), quantized,
-                                   kind in LINEAR_KINDS and (quantized or bnb_converts(layer))))
+                                   bnb_converts=kind in LINEAR_KINDS and (quantized or bnb_converts(layer)),
+                                   returns_tensor=output_kind.get(type(layer), True) if kind == "linear" else True))
     params: list[str] = []
     for raw_name, param in base.named_parameters():
         name = raw_name.replace(".base_layer.", ".")   # peft wrappers (layers and target_parameters) fold away

@@ -28,6 +28,8 @@ _CODES: tuple[CheckCode, ...] = (
     CheckCode("target-partial-match", (_W,), "targets", "some target patterns match nothing (peft ignores them)"),
     CheckCode("target-parameter-no-match", (_E,), "targets", "a target_parameters entry matches no parameter"),
     CheckCode("target-unsupported-type", (_E,), "targets", "a pattern matches a module type LoRA cannot wrap"),
+    CheckCode("target-non-tensor-output", (_E,), "targets",
+              "a targeted linear layer returns a tuple (MoE router); peft's LoRA layer fails on it"),
     CheckCode("target-output-head", (_W,), "targets", "the output head (lm_head) is adapted"),
     CheckCode("target-tied-head", (_W,), "targets", "the adapted output head shares its weight with the embeddings"),
     CheckCode("target-embedding", (_W,), "targets", "an embedding layer is adapted"),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import UnsupportedModelError
+
 # Field -> tiny value, applied when the default config has the field.
 TINY_FIELDS: dict[str, Any] = {
     "hidden_size": 128, "n_embd": 128, "d_model": 128, "dim": 128,
@@ -32,6 +34,14 @@ ENCODER_TYPES = frozenset({
 })
 
 
+def _value(config: Any, name: str) -> Any:
+    """``config.name``, or None when the config has no such field (or refuses to give one value)."""
+    try:
+        return getattr(config, name, None)
+    except Exception:  # transformers' heterogeneous configs raise for per-layer fields
+        return None
+
+
 def causal_lm_types() -> list[str]:
     """Model types with a ``*ForCausalLM`` class in the installed transformers."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -52,10 +62,13 @@ def tiny_config(model_type: str) -> dict[str, Any] | None:
         return None
     if getattr(default, "is_encoder_decoder", False) or getattr(default, "sub_configs", None):
         return None
+    if _value(default, "is_heterogeneous"):
+        raise UnsupportedModelError(f"{model_type}: a heterogeneous config (per_layer_config overrides sizes per "
+                                    "layer); a tiny config of top-level fields cannot shrink it")
     fields: dict[str, Any] = {"model_type": model_type}
     for name, value in TINY_FIELDS.items():
         settable = not isinstance(getattr(type(default), name, None), property)  # Falcon's head_dim
-        if settable and hasattr(default, name) and getattr(default, name) is not None:
+        if settable and _value(default, name) is not None:
             fields[name] = value
     if "qk_rope_head_dim" in fields and "head_dim" in fields:  # MLA: rope runs on head_dim = the rope part
         fields["head_dim"] = fields["qk_rope_head_dim"]

@@ -6,7 +6,11 @@ A step (after the first, so optimizer states exist) goes through three high-wate
    (logits, their fp32 upcast, log-softmax and its gradient: up to 12 bytes per logit);
 2. end of backward: persistent state + all gradients + the first block's activations + the scratch
    of one block's backward (and, for QLoRA, one dequantized weight matrix);
-3. ``optimizer.step()``: persistent state + all gradients + the optimizer's temporaries.
+3. ``optimizer.step()``: persistent state + all gradients + the optimizer's temporaries;
+4. with trace-derived backward terms (:mod:`.layer_terms`), each decoder layer's backward, from the last:
+   persistent state + the gradients made so far + the saved activations of the layers not yet done +
+   what that layer's backward adds (incoming gradient, its own gradients, kernel scratch such as the
+   math SDPA path's ``[b, heads, s, s]`` gradients).
 
 Persistent state = weights + quantization state + adapters + optimizer states. The breakdown
 reported is the one of the phase with the highest total.
@@ -140,6 +144,8 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda") -> Phase
     if arch.extra.get("final_logit_softcapping"):
         loss_bwd += T * V * logit_bytes
     loss_peak = max(loss_fwd, loss_bwd)
+    if res is not None and res.backward_loss:  # traced: logits and loss in the dtypes the model uses
+        loss_peak = max(loss_peak, int(res.highest(res.backward_loss, T, seq)))
     dequant = pers.largest_quantized_params * 2 if s.mode == "qlora" else 0
     transient = int(T * est.transient_tokens) + dequant
 
@@ -154,11 +160,44 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda") -> Phase
         "optimizer_step": dict(base, gradients=pers.gradients, activations=0, logits_and_loss=0,
                                temporaries=pers.optimizer_scratch + workspace),
     }
+    if res is not None and res.backward:
+        cache = _autocast_weight_cache(arch, s, dt) if not res.autocast else 0
+        layer_saved = [by_kind[k] for k in kinds]
+        if s.gradient_checkpointing:   # the checkpoints of layers <= i, and layer i recomputed
+            layer_saved = [T * arch.hidden_size * dt.stream] * L
+        first_term = -T * est.first_layer_discount + res.term(res.first, T, seq)
+        saved_i, grads_i, extra_i = _layer_backward(res, kinds, layer_saved, pers, s, T, seq)
+        recomputed = by_kind[kinds[grads_i[1]]] if s.gradient_checkpointing else 0
+        activations = saved_i + first_term + outside + cache + recomputed + min(extra_i, 0.0)
+        phases_bd["backward_layers"] = dict(base, gradients=int(grads_i[0]), activations=int(activations),
+                                            logits_and_loss=0, temporaries=int(max(extra_i, 0.0)) + workspace)
     totals = {name: sum(bd.values()) for name, bd in phases_bd.items()}
     phase = max(totals, key=totals.__getitem__)
     notes = list(pers.notes)
     return PhaseTotals(phases_bd[phase], phase, totals, pers.trainable_params, tuple(notes),
                        tuple(sorted({f.name for f in targeted})), int(loss_peak), phases_bd)
+
+
+def _layer_backward(res: layer_terms.Residual, kinds: list[int], layer_saved: list[float], pers,
+                    s: PlanSettings, T: int, seq: int) -> tuple[float, tuple[float, int], float]:
+    """The highest layer backward, walking from the last layer: (saved bytes of layers <= i,
+    (gradients made before it, i), what its backward adds)."""
+    grad_bytes = DTYPE_BYTES[s.dtype] if s.mode == "full" else 4
+    params = res.layer_params
+    grads = float(pers.head_gradient)      # full fine-tuning: the head's gradient comes first
+    below = sum(layer_saved)
+    best: tuple[float, float, tuple[float, int], float] | None = None
+    for i in reversed(range(len(kinds))):
+        k = kinds[i]
+        terms = res.backward_first if i == 0 else (res.backward[k] if k < len(res.backward) else ())
+        extra = res.highest(terms, T, seq)
+        total = below + grads + extra
+        if best is None or total > best[0]:
+            best = (total, below, (grads, i), extra)
+        below -= layer_saved[i]
+        grads += (params[k] if k < len(params) else 0.0) * grad_bytes
+    assert best is not None
+    return best[1], best[2], best[3]
 
 
 PERSISTENT_TERMS = ("weights", "quantization_state", "adapters", "optimizer_states")

@@ -2,13 +2,16 @@
 
 For one setting class, the model is rebuilt with just enough layers to contain every layer kind
 past the first layer (a *window*: 2 layers for uniform models, the first pattern period for
-sliding/global alternations or dense/MoE mixes), at full width, and one forward pass is traced on
-fake tensors (:mod:`lora_doctor.trace`) at four shapes: (batch, seq) = (1, S), (2, S), (1, 2S), (2, 2S),
-with S below the sliding window, and again above it when the model has one.
+sliding/global alternations or dense/MoE mixes), at full width, and one forward and backward pass is
+traced on fake tensors (:mod:`lora_doctor.trace`) at four shapes: (batch, seq) = (1, S), (2, S), (1, 2S),
+(2, 2S), with S below the sliding window, and again above it when the model has one; plus a fifth
+shape that checks the backward moments (:func:`.moments.check_shape`).
 Everything alive when backward starts is what autograd saved; each storage is attributed to the
 region whose module created it (layer ``i``, outside the layers, or the logits). Solving the four
 shapes for ``a * tokens + q * tokens * seq + e * seq + c`` per region, and subtracting the recipe's own
 numbers (:func:`lora_doctor.memory.analytic.recipe_regions`), gives the residual the engine adds.
+What each layer's backward adds on top is kept per layer kind as its undominated moments
+(:mod:`.moments`).
 
 Imports torch; :func:`derive_terms` is what ``scripts/build_catalog.py`` stores as
 ``ArchSpec.derived`` so that planning a catalog model stays torch-free.
@@ -25,6 +28,7 @@ from ..arch import ArchSpec
 from ..plan_types import PlanSettings
 from . import layer_terms
 from .analytic import recipe_regions
+from .moments import backward_terms, check_shape, solve as _solve
 from .targets import FALLBACK_TARGETS
 
 SEQ = 64                       # S of the traced shapes (batch, seq): (1, S), (2, S), (1, 2S), (2, 2S)
@@ -99,8 +103,7 @@ def derive_terms(model_or_config: Any, settings: Iterable[PlanSettings] | None =
 
 
 def _window_of(arch: ArchSpec) -> int:
-    w = arch.extra.get("sliding_window")
-    return w if isinstance(w, int) and not isinstance(w, bool) and w > 0 else 0
+    return layer_terms.window_of(arch)
 
 
 def _seq_for(arch: ArchSpec, long: bool) -> int:
@@ -216,8 +219,10 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
 
     n = window.arch.num_layers
     wkinds = _renumber(kinds[:n])
-    shapes = ((1, seq), (2, seq), (1, 2 * seq), (2, 2 * seq))
-    samples, trainable = _saved_by_region(window, replace(s, gradient_checkpointing=False), shapes, device, n)
+    check = check_shape(_window_of(window.arch), seq)
+    shapes = ((1, seq), (2, seq), (1, 2 * seq), (2, 2 * seq), check)
+    samples, trainable, excess = _saved_by_region(window, replace(s, gradient_checkpointing=False), shapes, device, n)
+    samples = samples[:4]   # the fifth shape only checks the backward moments (moments.check_shape)
     regions = {r for smp in samples for r in smp}
     solved = {r: _solve([smp.get(r, 0.0) for smp in samples], seq) for r in regions}
     recipe = recipe_regions(window.arch, replace(s, batch_size=1, seq_len=seq), device)
@@ -243,18 +248,8 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
     return {"layers": residual_layers, "first": list(first),
             "outside": list(_sub(solved.get("outside", zero), recipe["outside"])),
             "logits": list(_sub(solved.get("logits", zero), recipe["logits"])),
-            "trainable": [0.0] * len(extra) if s.mode == "full" else extra}
-
-
-def _solve(v: list[float], seq: int) -> tuple[float, float, float, float]:
-    """(a, q, e, c) from bytes at (1, S), (2, S), (1, 2S), (2, 2S) for a*b*s + q*b*s^2 + e*s + c."""
-    A, B, C, D = v
-    S = float(seq)
-    q = ((D - C) - 2 * (B - A)) / (2 * S * S)
-    a = (B - A) / S - q * S
-    e = (C - A) / S - a - 3 * q * S
-    c = A - a * S - q * S * S - e * S
-    return (a, q, e, c)
+            "trainable": [0.0] * len(extra) if s.mode == "full" else extra,
+            "backward": backward_terms(excess, trainable, seq, check, n, kinds, wkinds, to_model)}
 
 
 def _sub(x: tuple, y: tuple) -> tuple[float, float, float]:
@@ -277,18 +272,20 @@ def _region(path: str, prefix: str | None, num_layers: int) -> str:
 
 
 def _saved_by_region(resolved: Any, s: PlanSettings, shapes: tuple, device: str, num_layers: int
-                     ) -> tuple[list[dict[str, float]], dict[str, int]]:
+                     ) -> tuple[list[dict[str, float]], dict[str, int], list[dict[int, tuple[list[float], tuple[str, ...]]]]]:
     """Per shape, bytes alive at the start of backward (saved for it) by region (layer<i>, outside,
-    logits); and trainable parameters by region."""
+    logits); trainable parameters by region; and per shape, what each layer's backward adds beyond the
+    saved bytes of layers ``<= i`` and outside the layers and the gradients made before it."""
     from ..trace.profile import saved_at_backward_start
 
-    per_shape, layers_prefix, params = saved_at_backward_start(resolved, s, shapes, foreach=device == "cuda")
+    per_shape, layers_prefix, params = saved_at_backward_start(resolved, s, shapes, foreach=device == "cuda",
+                                                                backward=True)
     trainable: dict[str, int] = {}
     for name, numel in params.items():
         region = _region(name, layers_prefix, num_layers)
         trainable[region] = trainable.get(region, 0) + numel
-    samples = []
-    for records in per_shape:
+    samples, excess = [], []
+    for records, layer_backwards in per_shape:
         out: dict[str, float] = {}
         for rec in records:
             if rec.category in PERSISTENT or rec.op == "register":
@@ -296,4 +293,7 @@ def _saved_by_region(resolved: Any, s: PlanSettings, shapes: tuple, device: str,
             region = "logits" if rec.category == "logits_and_loss" else _region(rec.module, layers_prefix, num_layers)
             out[region] = out.get(region, 0.0) + rec.nbytes
         samples.append(out)
-    return samples, trainable
+        excess.append({lb.layer: ([v - lb.gradients - out.get("outside", 0.0)
+                                   - sum(out.get(f"layer{j}", 0.0) for j in range(lb.layer + 1)) for v in lb.curve],
+                                  lb.ops) for lb in layer_backwards})
+    return samples, trainable, excess

@@ -19,8 +19,17 @@ Stored in :attr:`ArchSpec.derived` (the catalog ships them, so catalog plans sta
     {"version": 2, "layer_kinds": [0, 0, 1, ...],                # kind of each layer
      "classes": {"<class key>": {"layers": [[a, q, e, c], ...],  # residual per kind
                                  "first": [...], "outside": [...], "logits": [...],
-                                 "trainable": [per kind, outside]}}}   # parameters peft adds beyond
-                                                                       # the linear families (MoE experts)
+                                 "trainable": [per kind, outside],    # parameters peft adds beyond
+                                                                      # the linear families (MoE experts)
+                                 "backward": {"layers": [[[a, q, e, c], ...], ...],  # per kind, absolute:
+                                              "first": [[a, q, e, c], ...],  # what its backward adds at
+                                              "params": [per kind],          # each moment; params per kind
+                                              "loss": [[a, q, e, c], ...]}}}}  # the loss and head backward
+
+``backward`` (optional; classes derived before it have none and plan without that phase) is what one
+layer's backward adds on top of the saved activations of the layers not yet done and the gradients
+already made: the incoming gradient, the layer's own gradients, the kernels' scratch. The engine's
+``backward_layers`` phase walks the layers from the last with it.
 
 A model with a sliding window has two regimes (sequences up to the window, and longer ones, where
 transformers builds explicit masks), derived and stored separately (``:long`` class keys).
@@ -49,10 +58,22 @@ Term = tuple[float, float, float, float]   # (a, q, e, c), see the module docstr
 ZERO: Term = (0.0, 0.0, 0.0, 0.0)
 
 
+# Config fields after which longer sequences take another attention path: sliding windows, and
+# Llama-4's chunked attention (attention within chunks of ``attention_chunk_size`` tokens).
+WINDOW_FIELDS = ("sliding_window", "attention_chunk_size")
+
+
+def window_of(arch: ArchSpec) -> int:
+    """The shortest such length of ``arch`` (0: none)."""
+    found = [w for w in (arch.extra.get(f) for f in WINDOW_FIELDS)
+             if isinstance(w, int) and not isinstance(w, bool) and w > 0]
+    return min(found, default=0)
+
+
 def long_regime(arch: ArchSpec, seq_len: int) -> bool:
-    """Sequences longer than the sliding window take another code path (explicit masks)."""
-    window = arch.extra.get("sliding_window")
-    return isinstance(window, int) and not isinstance(window, bool) and 0 < window < seq_len
+    """Sequences longer than the sliding window (or attention chunk) take another code path (explicit masks)."""
+    window = window_of(arch)
+    return 0 < window < seq_len
 
 
 def coarse_key(s: PlanSettings, device: str = "cuda", long: bool = False) -> str:
@@ -116,11 +137,20 @@ class Residual:
     scale: float = 1.0              # applied when borrowed from a class with other dtypes
     key: str = ""
     only_adds: bool = False         # borrowed across adapter choices: may raise the recipe, never lower it
+    backward: tuple[tuple[Term, ...], ...] = ()  # per layer kind: what its backward adds at each of its
+                                                  # undominated moments (absolute), see derive
+    backward_first: tuple[Term, ...] = ()        # the same for layer 0
+    layer_params: tuple[float, ...] = ()   # trainable parameters per layer kind (their gradients)
+    backward_loss: tuple[Term, ...] = ()   # the loss and head backward: beyond the saved activations
 
     def term(self, t: Term, tokens: int, seq: int) -> float:
         a, q, e, c = t
         value = self.scale * (a * tokens + q * tokens * seq + e * seq + c)
         return max(value, 0.0) if self.only_adds else value
+
+    def highest(self, terms: tuple[Term, ...], tokens: int, seq: int) -> float:
+        """The highest of several moments' terms (0 when there are none)."""
+        return max((self.term(t, tokens, seq) for t in terms), default=0.0)
 
     @property
     def autocast(self) -> bool:
@@ -141,8 +171,12 @@ class Residual:
         def term(t: list) -> Term:
             return tuple((list(t) + [0.0] * 4)[:4])  # type: ignore[return-value]
 
+        bw = data.get("backward") or {}
         return cls(tuple(term(t) for t in data["layers"]), term(data["first"]), term(data["outside"]),
-                   term(data["logits"]), tuple(kinds), tuple(data.get("trainable", ())), scale, key, only_adds)
+                   term(data["logits"]), tuple(kinds), tuple(data.get("trainable", ())), scale, key, only_adds,
+                   tuple(tuple(term(t) for t in kind) for kind in bw.get("layers", ())),
+                   tuple(term(t) for t in bw.get("first", ())), tuple(bw.get("params", ())),
+                   tuple(term(t) for t in bw.get("loss", ())))
 
 
 # Derives terms for an arch built from a config (set by lora_doctor.introspect; imports torch).

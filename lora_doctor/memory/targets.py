@@ -87,3 +87,26 @@ def targeted_families(arch: ArchSpec, target_modules: str | Sequence[str] | None
             f"its linear layers are {', '.join(names)} (see `lora-doctor modules` / `lora-doctor check`)"
         )
     return found
+
+
+def non_tensor_targets_note(arch: ArchSpec, target_modules: str | Sequence[str] | None) -> str | None:
+    """The note a plan carries when the targets reach linear layers peft's LoRA cannot wrap: ``nn.Linear``
+    subclasses whose forward returns a tuple (MoE routers of PhiMoE and Llama-4), which ``"all-linear"``
+    selects by class. peft's LoRA layer reads the output's ``.dtype``, so the first forward raises."""
+    bad = set(arch.extra.get("non_tensor_linears") or ())
+    if not bad:
+        return None
+    try:
+        hit = sorted({f.name for f in targeted_families(arch, target_modules) if f.name in bad})
+    except InvalidSettingError:
+        return None
+    if not hit:
+        return None
+    ok = sorted({f.name for f in arch.linear_families if f.scope != "head" and f.name not in bad})
+    return (f"target_modules={_show(target_modules)} wraps {', '.join(hit)}: a linear layer whose forward returns a "
+            "tuple (an MoE router), so peft's LoRA layer fails at the first forward ('tuple' object has no attribute "
+            f"'dtype'); add exclude_modules={hit} or pass target_modules={ok}. Planned as given")
+
+
+def _show(target_modules: object) -> str:
+    return repr(list(target_modules)) if isinstance(target_modules, tuple) else repr(target_modules)

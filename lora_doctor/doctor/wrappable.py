@@ -1,0 +1,39 @@
+"""Targets peft selects but its LoRA layer cannot run: linear layers whose forward returns a tuple (pure).
+
+peft's ``"all-linear"`` takes every ``nn.Linear`` instance except the output head, by class. Some
+models subclass ``nn.Linear`` for their MoE router and return ``(scores, indices)`` from ``forward``
+(transformers 5.24: PhiMoE's ``PhimoeTopKRouter``, Llama-4's ``Llama4Router``). peft 0.21's
+``lora.Linear.forward`` calls the wrapped layer and reads ``result.dtype``, so the first forward raises
+``AttributeError: 'tuple' object has no attribute 'dtype'`` (verified on CPU with tiny PhiMoE and
+Llama-4 text models, one forward and backward; ``exclude_modules=["router"]`` makes both train).
+Which layers return a tuple is measured, not listed: :func:`lora_doctor.introspect.returns_tensor`
+calls each such class once (on the meta device for a config).
+"""
+
+from __future__ import annotations
+
+from ..findings import Finding
+from .inventory import ModuleInventory
+from .matching import TargetMatch
+from .registry import finding
+from .settings import LoraSettings
+
+
+def check_non_tensor_targets(s: LoraSettings, inv: ModuleInventory, m: TargetMatch) -> list[Finding]:
+    by_name = inv.by_name()
+    hit = [n for n in m.matched if n in by_name and by_name[n].returns_tensor is False]
+    if not hit:
+        return []
+    names = sorted({n.rsplit(".", 1)[-1] for n in hit})
+    types = sorted({by_name[n].type_name for n in hit})
+    bad = set(names)
+    keep = sorted({n.rsplit(".", 1)[-1] for n in m.matched if n.rsplit(".", 1)[-1] not in bad})
+    how = "'all-linear' selects every nn.Linear by class" if s.is_all_linear else "the target patterns match them"
+    return [finding(
+        "target-non-tensor-output",
+        f"{len(hit)} targeted layers ({', '.join(names)}: {', '.join(types)}) are nn.Linear subclasses whose forward "
+        f"returns a tuple (an MoE router's scores and indices); {how}, but peft's LoRA layer reads the output's "
+        ".dtype, so the first forward raises AttributeError: 'tuple' object has no attribute 'dtype'.",
+        f"Add exclude_modules={names} to the LoraConfig"
+        + (f", or pass target_modules={keep}" if keep else "") + ".",
+        modules=names, classes=types, count=len(hit))]

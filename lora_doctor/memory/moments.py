@@ -1,0 +1,124 @@
+"""What each decoder layer's backward adds on top of the saved activations, as moments (no torch).
+
+A layer's backward is a sequence of ops; after each allocation the bytes alive, minus the saved
+activations of the layers not yet done and the gradients already made, is one *moment*. Traced at
+several (batch, seq) shapes (:mod:`lora_doctor.memory.derive`), each moment is solved in the basis of
+:mod:`.layer_terms` (``a * tokens + q * tokens * seq + e * seq + c``); the peak at a planned shape is
+the highest moment there, because which moment peaks depends on the shape (per-token tensors at short
+sequences, ``[b, heads, s, s]`` ones at long).
+"""
+
+from __future__ import annotations
+
+import difflib
+
+Term = tuple[float, float, float, float]
+
+
+def solve(v: list[float], seq: int) -> Term:
+    """(a, q, e, c) from bytes at (1, S), (2, S), (1, 2S), (2, 2S) for a*b*s + q*b*s^2 + e*s + c."""
+    A, B, C, D = v
+    S = float(seq)
+    q = ((D - C) - 2 * (B - A)) / (2 * S * S)
+    a = (B - A) / S - q * S
+    e = (C - A) / S - a - 3 * q * S
+    c = A - a * S - q * S * S - e * S
+    return (a, q, e, c)
+
+
+def _mean(terms: list) -> Term:
+    return tuple(sum(t[i] for t in terms) / len(terms) for i in range(4))  # type: ignore[return-value]
+
+
+Curve = tuple[list[float], tuple[str, ...]]   # bytes at each moment, and the op behind each
+
+
+def backward_terms(excess: list[dict[int, Curve]], trainable: dict[str, int], seq: int, check: tuple[int, int],
+                   n: int, kinds: list[int], wkinds: list[int], to_model: dict[int, int]) -> dict | None:
+    """What one layer's backward adds on top of the saved activations of the layers not yet done and
+    the gradients already made, per layer kind (absolute, not a residual: the recipes have no such
+    term): the incoming gradient, the layer's own parameter gradients, the kernels' scratch (e.g. the
+    math SDPA path's ``[b, heads, s, s]`` gradients). Also the trainable parameters of each kind, and
+    the same moments for the loss and head backward before the last layer's (``loss``: logits and loss
+    tensors in whatever dtypes the model computes them, e.g. Beam's fp32 logit softcapping).
+
+    The peak of a backward is a maximum over its moments, and which moment wins depends on the shape
+    (per-token tensors at short sequences, ``[b, heads, s, s]`` ones at long): each moment is solved
+    in the (a, q, e, c) basis on its own (the op sequence is the same at every shape) and the moments
+    no other one dominates are kept; the engine takes the highest at the planned shape."""
+    if not excess or any(any(i not in e for i in range(n)) for e in excess):  # a layer not seen: recipe only
+        return None
+    solved = {i: _envelope([e[i] for e in excess], seq, check) for i in range(n)}
+    per_kind: dict[int, list] = {}
+    params: dict[int, list] = {}
+    for i in range(n):
+        params.setdefault(to_model[wkinds[i]], []).append(trainable.get(f"layer{i}", 0))
+        if i >= 1:
+            per_kind.setdefault(to_model[wkinds[i]], []).extend(solved[i])
+    if kinds[0] not in per_kind:
+        per_kind[kinds[0]] = list(solved[0])
+    loss = _envelope([e[n] for e in excess], seq, check) if all(n in e for e in excess) else []
+    return {"layers": [[list(t) for t in _undominated(per_kind.get(k, []))] for k in range(max(kinds) + 1)],
+            "loss": [list(t) for t in loss],
+            "first": [list(t) for t in solved[0]],
+            "params": [sum(params[k]) / len(params[k]) if params.get(k) else 0.0 for k in range(max(kinds) + 1)]}
+
+
+def check_shape(w: int, seq: int) -> tuple[int, int]:
+    """A fifth (batch, seq) shape that each backward moment's fit must predict: longer than the four (so
+    an extrapolation error shows), in the same sliding-window regime. Batch 1, because a batch of 1
+    skips some reductions over the batch (a broadcast mask's gradient), which no term of the basis
+    can switch off, and batch 1 is a plan that must be exact."""
+    if not w or seq > w or 4 * seq <= w:
+        return (1, 4 * seq)
+    return (1, w) if w > 2 * seq else (3, 2 * seq)   # no longer sequence within the window: a larger batch
+
+
+def _envelope(curves: list[Curve], seq: int,
+              check: tuple[int, int]) -> list[Term]:
+    """The undominated moments of one layer's backward, from its curve at the five shapes.
+
+    Moments are matched across shapes by their op sequence (a batch of 2 may add a reduction over the
+    batch), solved from the first four shapes, and kept only when they predict the fifth (a moment
+    matched to another op at some shape does not). When the kept moments miss a shape's peak (the
+    peak moment did not match), the peaks, fitted the same way, are kept too if they pass the check."""
+    ref_ops = curves[0][1]
+    matched = {i: [v] for i, v in enumerate(curves[0][0])}
+    for values, ops in curves[1:]:
+        pairs = {}
+        for block in difflib.SequenceMatcher(None, ref_ops, ops, autojunk=False).get_matching_blocks():
+            for j in range(block.size):
+                pairs[block.a + j] = values[block.b + j]
+        matched = {i: vs + [pairs[i]] for i, vs in matched.items() if i in pairs}
+    kept = [term for vs in matched.values() if _predicts((term := solve(vs[:4], seq)), vs[4], seq, check)]
+    peaks = [max(values) for values, _ in curves]
+    covered = [max((vs[k] for vs in matched.values()), default=0.0) for k in range(len(curves))]
+    if any(c < p - _tolerance(p) for c, p in zip(covered, peaks)) or not kept:
+        term = solve(peaks[:4], seq)
+        if _predicts(term, peaks[4], seq, check) or not kept:
+            kept.append(term)
+    return _undominated(kept)
+
+
+def _tolerance(measured: float) -> float:
+    """The allocator's 512-byte rounding of the tensors alive: 0.5%, at least 64 KiB."""
+    return max(0.005 * abs(measured), 65536.0)
+
+
+def _predicts(term: Term, measured: float, seq: int, check: tuple[int, int]) -> bool:
+    """Whether ``term`` gives the bytes measured at the check shape."""
+    b, s = check
+    a, q, e, c = term
+    return abs(a * b * s + q * b * s * s + e * s + c - measured) <= _tolerance(measured)
+
+
+def _undominated(terms: list) -> list[Term]:
+    """Terms not below another in every coefficient (the basis' features are all >= 0)."""
+    terms = sorted({tuple(round(x, 6) for x in t) for t in terms}, reverse=True)
+    kept: list[Term] = []
+    for t in terms:
+        if not any(all(k[j] >= t[j] for j in range(4)) for k in kept):
+            kept.append(t)  # type: ignore[arg-type]
+    return kept
+
+

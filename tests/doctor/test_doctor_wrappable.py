@@ -1,0 +1,60 @@
+"""Targets peft selects but cannot run: MoE routers that subclass nn.Linear and return a tuple."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import codes
+
+from lora_doctor import diagnose
+from lora_doctor.measure.tiny import tiny_config
+from lora_doctor.memory.targets import non_tensor_targets_note
+from lora_doctor.models import resolve
+
+ROUTERS = {"phimoe": "PhimoeTopKRouter", "llama4_text": "Llama4Router"}
+
+
+@pytest.mark.parametrize("model_type", sorted(ROUTERS))
+def test_all_linear_on_a_tuple_returning_router_is_an_error_with_the_fix(model_type):
+    report = diagnose(tiny_config(model_type), {"target_modules": "all-linear"})
+    found = [f for f in report.findings if f.code == "target-non-tensor-output"]
+    assert len(found) == 1 and found[0].severity == "error" and not report.ok
+    f = found[0]
+    assert f.data["modules"] == ["router"] and f.data["classes"] == [ROUTERS[model_type]]
+    assert "'tuple' object has no attribute 'dtype'" in f.message
+    assert "exclude_modules=['router']" in f.fix and "q_proj" in f.fix
+
+
+def test_excluding_the_router_or_a_plain_model_is_clean():
+    excluded = diagnose(tiny_config("phimoe"), {"target_modules": "all-linear", "exclude_modules": ["router"]})
+    assert "target-non-tensor-output" not in codes(excluded)
+    assert "target-non-tensor-output" not in codes(diagnose(tiny_config("mixtral"), {"target_modules": "all-linear"}))
+    # Falcon's FalconLinear overrides forward too, but returns a tensor
+    assert "target-non-tensor-output" not in codes(diagnose(tiny_config("falcon"), {"target_modules": "all-linear"}))
+
+
+def test_the_plan_carries_the_same_note():
+    arch = resolve(tiny_config("llama4_text")).arch
+    assert arch.extra["non_tensor_linears"] == ["router"]
+    note = non_tensor_targets_note(arch, "all-linear")
+    assert note and "exclude_modules=['router']" in note
+    assert non_tensor_targets_note(arch, ("q_proj", "v_proj")) is None
+
+
+def test_peft_really_fails_on_the_router_and_trains_without_it():
+    """What the finding claims, on a real tiny PhiMoE (CPU, random weights): all-linear raises at the first
+    forward; with exclude_modules=['router'] one forward and backward give every adapter a gradient."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = dict(tiny_config("phimoe"))
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    ids = torch.randint(0, 100, (1, 8))
+    broken = get_peft_model(AutoModelForCausalLM.from_config(config), LoraConfig(target_modules="all-linear", r=2))
+    with pytest.raises(AttributeError, match="'tuple' object has no attribute 'dtype'"):
+        broken(input_ids=ids, labels=ids)
+    fixed = get_peft_model(AutoModelForCausalLM.from_config(config),
+                           LoraConfig(target_modules="all-linear", exclude_modules=["router"], r=2))
+    fixed(input_ids=ids, labels=ids).loss.backward()
+    adapters = [p for n, p in fixed.named_parameters() if "lora_A" in n]
+    assert adapters and all(p.grad is not None for p in adapters)
