@@ -94,3 +94,14 @@ def test_doctor_warns_for_falcon_not_for_llama():
     assert not {"qlora-weights-unquantized", "qlora-moe-experts-unquantized"} & {c.code for c in llama.findings}
     plain = diagnose(config_from_dict(dict(FALCON)), {"target_modules": "all-linear"})
     assert "qlora-weights-unquantized" not in {c.code for c in plain.findings}
+
+
+def test_trace_advice_does_not_offer_4bit_where_bitsandbytes_would_not_convert():
+    from lora_doctor.models import resolve
+    from lora_doctor.plan_types import PlanSettings
+    from lora_doctor.trace.advice import shrink_advice
+
+    weights_first = {"weights": 10 << 30, "activations": 1 << 30}
+    lora = PlanSettings(mode="lora")
+    assert "load the base in 4-bit" not in shrink_advice(weights_first, lora, "backward", resolve(FALCON).arch)
+    assert "load the base in 4-bit" in shrink_advice(weights_first, lora, "backward", resolve(LLAMA).arch)

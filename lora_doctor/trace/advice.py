@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..arch import ArchSpec
 from ..plan_types import PlanSettings
 from ..units import format_bytes
 
@@ -39,8 +40,21 @@ LEVERS: dict[str, Callable[[PlanSettings, str], str]] = {
 }
 
 
-def shrink_advice(breakdown: dict[str, int], settings: PlanSettings, phase: str) -> str:
+def shrink_advice(breakdown: dict[str, int], settings: PlanSettings, phase: str, arch: ArchSpec | None = None) -> str:
     """One sentence: the largest term at the peak and what makes it smaller."""
     term = max(LEVERS, key=lambda t: breakdown.get(t, 0))
+    lever = LEVERS[term](settings, phase)
+    if term == "weights" and settings.mode != "qlora" and arch is not None and not _quantizes_most(arch):
+        lever = ("a smaller model, or shard it across GPUs (a 4-bit load would not help: bitsandbytes converts "
+                 "only exact nn.Linear, and most of this model's linear weights are not)")
     return (f"largest at the peak: {term.replace('_', ' ')} ({format_bytes(breakdown.get(term, 0))}); "
-            f"to shrink it: {LEVERS[term](settings, phase)}")
+            f"to shrink it: {lever}")
+
+
+def _quantizes_most(arch: ArchSpec) -> bool:
+    """Whether a 4-bit load converts most linear weights (not Falcon's FalconLinear, not fused MoE experts)."""
+    from ..memory.persistent import quantized_families
+
+    linear = sum(f.weight_params for f in arch.linear_families if f.scope != "head") + arch.expert_params
+    quantized = sum(f.weight_params for f in quantized_families(arch))
+    return not linear or quantized * 2 > linear

@@ -55,7 +55,7 @@ def plan_from_trace(resolved: ResolvedModel, settings: PlanSettings, result: Tra
     peak = result.peak_bytes + workspace
     overhead = device_terms(peak, breakdown.get("logits_and_loss", 0))
     scale = lora_scale(settings)
-    advice = shrink_advice(result.breakdown, settings, result.peak_phase)
+    advice = shrink_advice(result.breakdown, settings, result.peak_phase, resolved.arch)
     details: dict[str, Any] = {
         "phases": {phase: total + workspace for phase, total in result.phase_peaks.items()},
         "top_tensors": [asdict(t) for t in result.top_tensors],
