@@ -65,12 +65,16 @@ def _lm_prefix(arch: ArchSpec) -> str | None:
     return prefix if prefix and prefix != example else None
 
 
+def _lm_regex(arch: ArchSpec, names: list[str]) -> str | None:
+    """A target_modules regex for ``names`` under the language model's layer stack (None: no such path)."""
+    prefix = _lm_prefix(arch)
+    return rf"{re.escape(prefix)}\..*\.({'|'.join(names)})" if prefix and names else None
+
+
 def _lm_example_regex(arch: ArchSpec) -> str | None:
     """A regex for two attention projections of the language model only (q/v where they exist)."""
     names = [f.name for f in arch.linear_families if f.scope == "blocks"]
-    picked = [n for n in ("q_proj", "v_proj") if n in names] or names[:2]
-    prefix = _lm_prefix(arch)
-    return rf"{re.escape(prefix)}\..*\.({'|'.join(picked)})" if prefix and picked else None
+    return _lm_regex(arch, [n for n in ("q_proj", "v_proj") if n in names] or names[:2])
 
 
 def language_model_regex(arch: ArchSpec, names: list[str]) -> str | None:
@@ -78,5 +82,4 @@ def language_model_regex(arch: ArchSpec, names: list[str]) -> str | None:
     tower_names = {f.name for f in arch.linear_families if f.scope in ("vision", "audio", "projector")}
     if not arch.towers or not (set(names) & tower_names):
         return None
-    prefix = _lm_prefix(arch)
-    return rf"{re.escape(prefix)}\..*\.({'|'.join(names)})" if prefix else None
+    return _lm_regex(arch, names)

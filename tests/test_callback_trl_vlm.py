@@ -15,7 +15,8 @@ from vlm_processors import PROCESSORS, image_dataset, llava_processor, qwen2_vl_
 from lora_doctor import LoraDoctorCallback, plan_trainer  # noqa: E402
 from lora_doctor.callback import DoctorConsole  # noqa: E402
 from lora_doctor.measure.multimodal import LM_ONLY, mm_config  # noqa: E402
-from lora_doctor.workloads.images import dataset_images_per_sample, most_cells, processor_worst  # noqa: E402
+from lora_doctor.inputs import most_cells  # noqa: E402
+from lora_doctor.workloads.images import dataset_images_per_sample, processor_worst  # noqa: E402
 
 SIZES = [(200, 300), (150, 150)]   # (height, width): the first batch's image, then a smaller one
 

@@ -23,11 +23,10 @@ the longest ``images`` list of an Arrow-backed dataset (an ``image`` column mean
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..inputs import most_cells, qwen_worst_size  # noqa: F401  (most_cells: re-exported)
+from ..inputs import qwen_worst_size
 from .batch import _arrow_max_length
 
 Size = tuple[int, int]   # (height, width) in pixels
