@@ -130,3 +130,17 @@ def test_cli_config_and_trainer_flags(tmp_path, capsys):
     assert main(["plan", LLAMA8B, "--trainer", "dpo", "--packing"]) == 2
     assert main(["plan", LLAMA8B, "--mode", "lora", "--trainer", "grpo", "--batch-size", "8", "--json"]) == 0
     assert '"generation"' in capsys.readouterr().out   # the phases are in the JSON details
+
+
+@pytest.mark.parametrize("trainer", ["sft", "dpo", "grpo"])
+def test_trl_plans_keep_the_layers_backward_phase(trainer):
+    """The walk through the layers' backward (trace-derived moments) is a phase of TRL plans too: under
+    checkpointing it is where a LoRA step peaks once the fused head has removed the logits."""
+    kw = dict(mode="lora", batch_size=4, seq_len=1024, gradient_checkpointing=True)   # SFT's max_length is 1024
+    trl = plan("Qwen/Qwen3-8B", trainer=trainer, **kw)
+    phases = trl.details["phases"]
+    assert "backward_layers" in phases and trl.peak_bytes >= phases["backward_layers"]
+    if trainer == "sft":   # same rows and length as a plain Trainer step: the phase is the step's own
+        hf = plan("Qwen/Qwen3-8B", **kw).details["phases"]
+        assert phases["backward_layers"] == hf["backward_layers"]
+        assert trl.peak_phase == "backward_layers"
