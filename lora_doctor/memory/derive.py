@@ -28,7 +28,7 @@ from ..arch import ArchSpec
 from ..plan_types import PlanSettings
 from . import layer_terms
 from .analytic import recipe_regions
-from .moments import backward_terms, check_shape, solve as _solve
+from .moments import Curve, backward_terms, check_shape, forward_terms, solve as _solve
 from .targets import FALLBACK_TARGETS
 
 # S of the traced shapes (batch, seq): (1, S), (2, S), (1, 2S), (2, 2S). At 64, a per-token fp32 scalar
@@ -88,10 +88,11 @@ def derive_terms(model_or_config: Any, settings: Iterable[PlanSettings] | None =
 
     resolved = model_or_config if isinstance(model_or_config, ResolvedModel) else resolve(model_or_config)
     config = resolved.config()
-    kinds = layer_kinds(resolved.meta_model(), resolved.arch.num_layers)
+    meta = resolved.meta_model()
+    kinds = layer_kinds(meta, resolved.arch.num_layers)
     kept = (keep or {}).get("classes", {}) if (keep or {}).get("version") == layer_terms.VERSION else {}
     out: dict[str, Any] = {"version": layer_terms.VERSION, "layer_kinds": kinds, "classes": dict(kept)}
-    window = _window_resolved(config, kinds)
+    window = _window_resolved(config, kinds, whole=_layer_list(meta, resolved.arch.num_layers) is None)
     regimes = (False, True) if _window_of(resolved.arch) else (False,)
     for s in catalog_settings(resolved.arch) if settings is None else settings:
         for long in regimes if regime is None else (regime,):
@@ -186,12 +187,17 @@ def _window_size(kinds: list[int]) -> int:
     return need
 
 
-def _window_resolved(config: Any, kinds: list[int]) -> Any:
-    """A ResolvedModel of the first ``n`` layers (lists of per-layer values cut to ``n``)."""
+def _window_resolved(config: Any, kinds: list[int], whole: bool = False) -> Any:
+    """A ResolvedModel of the first ``n`` layers (lists of per-layer values cut to ``n``).
+
+    ``whole``: the decoder layers are not one list of ``num_layers`` (HRM's two stacks, looped several times per
+    forward, some loops without gradients): cutting ``num_hidden_layers`` would not cut the model, so the whole
+    model is traced and everything it saves is attributed outside the layers (the per-layer recipe cancels)."""
     from ..introspect import arch_from_model, build_meta_model
     from ..models import ResolvedModel
 
-    n, full = _window_size(kinds), len(kinds)
+    full = len(kinds)
+    n = full if whole else _window_size(kinds)
     cfg = copy.deepcopy(config)
     if n < full:
         text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
@@ -224,7 +230,7 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
     wkinds = _renumber(kinds[:n])
     check = check_shape(_window_of(window.arch), seq)
     shapes = ((1, seq), (2, seq), (1, 2 * seq), (2, 2 * seq), check)
-    samples, trainable, excess = _saved_by_region(window, replace(s, gradient_checkpointing=False), shapes, device, n)
+    samples, trainable, excess, fwd = _saved_by_region(window, replace(s, gradient_checkpointing=False), shapes, device, n)
     samples = samples[:4]   # the fifth shape only checks the backward moments (moments.check_shape)
     regions = {r for smp in samples for r in smp}
     solved = {r: _solve([smp.get(r, 0.0) for smp in samples], seq) for r in regions}
@@ -252,7 +258,8 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
             "outside": list(_sub(solved.get("outside", zero), recipe["outside"])),
             "logits": list(_sub(solved.get("logits", zero), recipe["logits"])),
             "trainable": [0.0] * len(extra) if s.mode == "full" else extra,
-            "backward": backward_terms(excess, trainable, seq, check, n, kinds, wkinds, to_model)}
+            "backward": backward_terms(excess, trainable, seq, check, n, kinds, wkinds, to_model),
+            "forward": forward_terms(fwd, seq, check, n, kinds, wkinds, to_model)}
 
 
 def _sub(x: tuple, y: tuple) -> tuple[float, float, float]:
@@ -275,10 +282,11 @@ def _region(path: str, prefix: str | None, num_layers: int) -> str:
 
 
 def _saved_by_region(resolved: Any, s: PlanSettings, shapes: tuple, device: str, num_layers: int
-                     ) -> tuple[list[dict[str, float]], dict[str, int], list[dict[int, tuple[list[float], tuple[str, ...]]]]]:
+                     ) -> tuple[list[dict[str, float]], dict[str, int], list[dict[int, Curve]], list[dict[int, Curve]]]:
     """Per shape, bytes alive at the start of backward (saved for it) by region (layer<i>, outside,
-    logits); trainable parameters by region; and per shape, what each layer's backward adds beyond the
-    saved bytes of layers ``<= i`` and outside the layers and the gradients made before it."""
+    logits); trainable parameters by region; per shape, what each layer's backward adds beyond the
+    saved bytes of layers ``<= i`` and outside the layers and the gradients made before it; and per shape,
+    what each layer's forward holds beyond the saved bytes of layers ``< i`` and outside the layers."""
     from ..trace.profile import saved_at_backward_start
 
     per_shape, layers_prefix, params = saved_at_backward_start(resolved, s, shapes, foreach=device == "cuda",
@@ -287,8 +295,8 @@ def _saved_by_region(resolved: Any, s: PlanSettings, shapes: tuple, device: str,
     for name, numel in params.items():
         region = _region(name, layers_prefix, num_layers)
         trainable[region] = trainable.get(region, 0) + numel
-    samples, excess = [], []
-    for records, layer_backwards in per_shape:
+    samples, excess, forward = [], [], []
+    for records, layer_backwards, layer_forwards in per_shape:
         out: dict[str, float] = {}
         for rec in records:
             if rec.category in PERSISTENT or rec.op == "register":
@@ -299,4 +307,6 @@ def _saved_by_region(resolved: Any, s: PlanSettings, shapes: tuple, device: str,
         excess.append({lb.layer: ([v - lb.gradients - out.get("outside", 0.0)
                                    - sum(out.get(f"layer{j}", 0.0) for j in range(lb.layer + 1)) for v in lb.curve],
                                   lb.ops) for lb in layer_backwards})
-    return samples, trainable, excess
+        forward.append({lf.layer: ([v - out.get("outside", 0.0) - sum(out.get(f"layer{j}", 0.0) for j in range(lf.layer))
+                                    for v in lf.curve], lf.ops) for lf in layer_forwards if lf.layer < num_layers})
+    return samples, trainable, excess, forward
