@@ -100,7 +100,7 @@ def derive_terms(model_or_config: Any, settings: Iterable[PlanSettings] | None =
             if key in out["classes"]:   # kept, or peft's default adapts every linear (the all-linear class)
                 continue
             try:
-                out["classes"][key] = _residual(window, kinds, s, device, _seq_for(resolved.arch, long))
+                out["classes"][key] = _residual(window, kinds, s, device, _seq_for(resolved.arch, long), resolved.arch)
             except Exception:  # third-party model code that cannot run on fake tensors: recipe only
                 continue
     return out
@@ -222,9 +222,17 @@ def _renumber(kinds: list[int]) -> list[int]:
     return [seen.setdefault(k, len(seen)) for k in kinds]
 
 
-def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: int) -> dict:
-    """Trace the window at the four shapes, solve each region for (a, q, e, c), subtract the recipe."""
+def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: int,
+              arch: ArchSpec | None = None) -> dict:
+    """Trace the window at the four shapes, solve each region for (a, q, e, c), subtract the recipe.
+
+    The recipe subtracted is the whole model's (``arch``), as the engine adds it: its per-layer numbers are an
+    average over all layers, and the window's average differs where the layer kinds differ in their linears
+    (MiMo-V2-Flash: one full-attention layer with narrower k/v projections, then sliding ones; a window of 2
+    has them half and half, the model 1 in 4)."""
     from .analytic import recipe_trainable
+
+    arch = arch or window.arch
 
     n = window.arch.num_layers
     wkinds = _renumber(kinds[:n])
@@ -234,7 +242,7 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
     samples = samples[:4]   # the fifth shape only checks the backward moments (moments.check_shape)
     regions = {r for smp in samples for r in smp}
     solved = {r: _solve([smp.get(r, 0.0) for smp in samples], seq) for r in regions}
-    recipe = recipe_regions(window.arch, replace(s, batch_size=1, seq_len=seq), device)
+    recipe = recipe_regions(arch, replace(s, batch_size=1, seq_len=seq), device)
     zero = (0.0, 0.0, 0.0, 0.0)
     to_model = {wk: k for wk, k in zip(wkinds, kinds[:n])}  # window kind ids -> the model's
     layers: dict[int, list] = {}
@@ -248,7 +256,7 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
     residual_layers = [list(_sub(_mean(layers[k]), recipe["layer"])) if layers.get(k) else list(zero)
                        for k in range(max(kinds) + 1)]
     # trainable parameters beyond the recipe's linear families, per kind and outside the layers
-    per_layer, outside = recipe_trainable(window.arch, s)
+    per_layer, outside = recipe_trainable(arch, s)
     by_layer: dict[int, list[float]] = {}
     for i in range(n):
         by_layer.setdefault(to_model[wkinds[i]], []).append(trainable.get(f"layer{i}", 0) - per_layer)
