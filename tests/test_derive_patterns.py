@@ -31,10 +31,11 @@ def _compare(model_type: str, s: PlanSettings, **overrides):
 
 
 @pytest.mark.parametrize("model_type, s, overrides", [
-    # the peak is inside the last layer's forward: the math SDPA path's fp32 [b, heads, s, s] scores; was -9%
+    # the peak is inside the last layer's forward: relative-position logits gathered into a [b, heads, s, s]
+    # attention bias, and the math SDPA path's fp32 scores with it; was -9%
     ("inkling_text", LORA, {"swa_num_attention_heads": 8, "swa_num_key_value_heads": 2, "swa_head_dim": 32}),
-    # two stacks of layers looped 8 times per forward, 3 of them without gradients: no list of num_layers
-    # layers, so the whole model is the window; was -14% (LoRA) and +23% (full)
+    # two stacks of layers looped H_cycles * (L_cycles + 1) times per forward, some loops without gradients:
+    # no list of num_layers layers, so the whole model is the window; was -14% (LoRA) and +23% (full)
     ("hrm_text", LORA, {"num_hidden_layers": 2, "L_cycles": 2}),
     # one full-attention layer with narrower k/v projections, then sliding ones: the window (1 + 1) averages
     # the layers unlike the model (1 + 3); was -4.4%
