@@ -175,7 +175,8 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda") -> Phase
         phases_bd["backward_layers"] = dict(base, gradients=int(grads_i[0]), activations=int(activations),
                                             logits_and_loss=0, temporaries=int(max(extra_i, 0.0)) + workspace)
     if res is not None and res.forward:
-        layer_saved = [T * arch.hidden_size * dt.stream] * L if s.gradient_checkpointing else [by_kind[k] for k in kinds]
+        layer_saved = [T * arch.hidden_size * dt.stream] * L if s.gradient_checkpointing \
+            else [by_kind[k] for k in kinds]
         cache = _autocast_weight_cache(arch, s, dt) if not res.autocast else 0
         first_term = 0.0 if s.gradient_checkpointing else -T * est.first_layer_discount + res.term(res.first, T, seq)
         before, extra = _layer_forward(res, kinds, layer_saved, first_term, T, seq)

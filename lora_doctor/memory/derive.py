@@ -2,16 +2,16 @@
 
 For one setting class, the model is rebuilt with just enough layers to contain every layer kind
 past the first layer (a *window*: 2 layers for uniform models, the first pattern period for
-sliding/global alternations or dense/MoE mixes), at full width, and one forward and backward pass is
+sliding/global alternations or dense/MoE mixes; :mod:`.window`), at full width, and one forward and backward pass is
 traced on fake tensors (:mod:`lora_doctor.trace`) at four shapes: (batch, seq) = (1, S), (2, S), (1, 2S),
 (2, 2S), with S below the sliding window, and again above it when the model has one; plus a fifth
 shape that checks the backward moments (:func:`.moments.check_shape`).
 Everything alive when backward starts is what autograd saved; each storage is attributed to the
 region whose module created it (layer ``i``, outside the layers, or the logits). Solving the four
-shapes for ``a * tokens + q * tokens * seq + e * seq + c`` per region, and subtracting the recipe's own
-numbers (:func:`lora_doctor.memory.analytic.recipe_regions`), gives the residual the engine adds.
-What each layer's backward adds on top is kept per layer kind as its undominated moments
-(:mod:`.moments`).
+shapes for ``a * tokens + q * tokens * seq + e * seq + c`` per region, and subtracting the whole model's
+recipe (:func:`lora_doctor.memory.analytic.recipe_regions`), gives the residual the engine adds.
+What each layer's backward adds on top, and what each layer's forward holds beyond the layers before
+it, are kept per layer kind as their undominated moments (:mod:`.moments`).
 
 Imports torch; :func:`derive_terms` is what ``scripts/build_catalog.py`` stores as
 ``ArchSpec.derived`` so that planning a catalog model stays torch-free.
@@ -30,6 +30,7 @@ from . import layer_terms
 from .analytic import recipe_regions
 from .moments import Curve, backward_terms, check_shape, forward_terms, solve as _solve
 from .targets import FALLBACK_TARGETS
+from .window import _layer_list, _renumber, _window_resolved, _window_size, layer_kinds  # noqa: F401 - re-exported
 
 # S of the traced shapes (batch, seq): (1, S), (2, S), (1, 2S), (2, 2S). At 64, a per-token fp32 scalar
 # (LayerNorm's mean and rstd) at (1, S) is 256 bytes, rounded to 512, and the fit read the rounding as a
@@ -148,80 +149,6 @@ def _resolved_for(config: Any, arch: ArchSpec) -> Any:
                          _config=copy.deepcopy(config))
 
 
-def layer_kinds(model: Any, num_layers: int) -> list[int]:
-    """Kind of each decoder layer: layers with the same modules, shapes and layer type share one."""
-    layers = _layer_list(model, num_layers)
-    if layers is None:
-        return [0] * max(num_layers, 1)
-    config = getattr(model, "config", None)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    types = getattr(text, "layer_types", None)
-    seen: dict[tuple, int] = {}
-    kinds = []
-    for i, layer in enumerate(layers):
-        sig = tuple((name, type(m).__name__, tuple(tuple(p.shape) for p in m.parameters(recurse=False)))
-                    for name, m in layer.named_modules())
-        if isinstance(types, (list, tuple)) and i < len(types):
-            sig += (str(types[i]),)
-        kinds.append(seen.setdefault(sig, len(seen)))
-    return kinds
-
-
-def _layer_list(model: Any, num_layers: int) -> Any:
-    import torch.nn as nn
-
-    found = [(name, m) for name, m in model.named_modules()
-             if isinstance(m, nn.ModuleList) and len(m) == num_layers and num_layers > 0]
-    return found[0][1] if found else None
-
-
-def _window_size(kinds: list[int]) -> int:
-    """Fewest leading layers in which every kind (past layer 0) appears at an index >= 1."""
-    if len(kinds) <= 2:
-        return len(kinds)
-    need = 2
-    for k in set(kinds):
-        later = [i for i, kk in enumerate(kinds) if kk == k and i >= 1]
-        if later:
-            need = max(need, later[0] + 1)
-    return need
-
-
-def _window_resolved(config: Any, kinds: list[int], whole: bool = False) -> Any:
-    """A ResolvedModel of the first ``n`` layers (lists of per-layer values cut to ``n``).
-
-    ``whole``: the decoder layers are not one list of ``num_layers`` (HRM's two stacks, looped several times per
-    forward, some loops without gradients): cutting ``num_hidden_layers`` would not cut the model, so the whole
-    model is traced and everything it saves is attributed outside the layers (the per-layer recipe cancels)."""
-    from ..introspect import arch_from_model, build_meta_model
-    from ..models import ResolvedModel
-
-    full = len(kinds)
-    n = full if whole else _window_size(kinds)
-    cfg = copy.deepcopy(config)
-    if n < full:
-        text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-        for name, value in list(vars(text).items()):
-            if isinstance(value, (list, tuple)) and len(value) == full and name != "architectures":
-                setattr(text, name, type(value)(value[:n]))
-        text.num_hidden_layers = n
-        try:
-            model = build_meta_model(cfg)
-            ok = layer_kinds(model, n) == _renumber(kinds[:n])
-        except Exception:
-            ok = False
-        if not ok:  # the pattern did not survive the cut: trace every layer
-            cfg, n = copy.deepcopy(config), full
-    model = build_meta_model(cfg)
-    return ResolvedModel(getattr(cfg, "_name_or_path", "") or cfg.model_type, "config",
-                         arch_from_model(model, cfg), _config=cfg)
-
-
-def _renumber(kinds: list[int]) -> list[int]:
-    seen: dict[int, int] = {}
-    return [seen.setdefault(k, len(seen)) for k in kinds]
-
-
 def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: int,
               arch: ArchSpec | None = None) -> dict:
     """Trace the window at the four shapes, solve each region for (a, q, e, c), subtract the recipe.
@@ -238,7 +165,8 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
     wkinds = _renumber(kinds[:n])
     check = check_shape(_window_of(window.arch), seq)
     shapes = ((1, seq), (2, seq), (1, 2 * seq), (2, 2 * seq), check)
-    samples, trainable, excess, fwd = _saved_by_region(window, replace(s, gradient_checkpointing=False), shapes, device, n)
+    samples, trainable, excess, fwd = _saved_by_region(window, replace(s, gradient_checkpointing=False), shapes,
+                                                       device, n)
     samples = samples[:4]   # the fifth shape only checks the backward moments (moments.check_shape)
     regions = {r for smp in samples for r in smp}
     solved = {r: _solve([smp.get(r, 0.0) for smp in samples], seq) for r in regions}
@@ -315,6 +243,8 @@ def _saved_by_region(resolved: Any, s: PlanSettings, shapes: tuple, device: str,
         excess.append({lb.layer: ([v - lb.gradients - out.get("outside", 0.0)
                                    - sum(out.get(f"layer{j}", 0.0) for j in range(lb.layer + 1)) for v in lb.curve],
                                   lb.ops) for lb in layer_backwards})
-        forward.append({lf.layer: ([v - out.get("outside", 0.0) - sum(out.get(f"layer{j}", 0.0) for j in range(lf.layer))
-                                    for v in lf.curve], lf.ops) for lf in layer_forwards if lf.layer < num_layers})
+        before = {lf.layer: out.get("outside", 0.0) + sum(out.get(f"layer{j}", 0.0) for j in range(lf.layer))
+                  for lf in layer_forwards}
+        forward.append({lf.layer: ([v - before[lf.layer] for v in lf.curve], lf.ops)
+                        for lf in layer_forwards if lf.layer < num_layers})
     return samples, trainable, excess, forward

@@ -6,9 +6,9 @@ same fake tensors and same patches as :func:`lora_doctor.trace.trace_step`; with
 only the forward pass runs (its end is all that is read), which halves the cost.
 
 A layer's forward runs from its forward pre-hook to the next layer's (the last one's ends at its forward
-hook): a transient made and freed inside it (HY-V4's indexer scores, eager attention's fp32 scores before
-the softmax) can make the peak of a step there. A layer's backward starts when the gradient of its output arrives (a tensor hook: no change to the
-graph or to what it saves) and ends when the next layer's starts, or when the gradient of layer 0's
+hook): a transient made and freed inside it (HY-V4's indexer scores, fp32 attention scores) can make the
+peak of a step there. A layer's backward starts when the gradient of its output arrives (a tensor hook:
+no change to the graph or to what it saves) and ends when the next layer's starts, or when the gradient of layer 0's
 input arrives (the end of backward when the embeddings do not train).
 """
 
