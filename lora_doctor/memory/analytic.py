@@ -1,6 +1,6 @@
 """The analytic engine: peak tensor memory of a training step as the maximum over its phases.
 
-A step (after the first, so optimizer states exist) goes through three high-water marks:
+A step (after the first, so optimizer states exist) goes through these high-water marks:
 
 1. end of forward / start of backward: persistent state + every saved activation + the loss tensors
    (logits, their fp32 upcast, log-softmax and its gradient: up to 12 bytes per logit);
@@ -10,7 +10,10 @@ A step (after the first, so optimizer states exist) goes through three high-wate
 4. with trace-derived backward terms (:mod:`.layer_terms`), each decoder layer's backward, from the last:
    persistent state + the gradients made so far + the saved activations of the layers not yet done +
    what that layer's backward adds (incoming gradient, its own gradients, kernel scratch such as the
-   math SDPA path's ``[b, heads, s, s]`` gradients).
+   math SDPA path's ``[b, heads, s, s]`` gradients);
+5. with trace-derived forward terms, each decoder layer's forward, from the first: persistent state + the
+   saved activations of the layers before it and outside the layers + what that layer's forward holds
+   (its own saved activations as they are made, and transients such as HY-V4's indexer scores).
 
 Persistent state = weights + quantization state + adapters + optimizer states. The breakdown
 reported is the one of the phase with the highest total.
@@ -171,6 +174,14 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda") -> Phase
         activations = saved_i + first_term + outside + cache + recomputed + min(extra_i, 0.0)
         phases_bd["backward_layers"] = dict(base, gradients=int(grads_i[0]), activations=int(activations),
                                             logits_and_loss=0, temporaries=int(max(extra_i, 0.0)) + workspace)
+    if res is not None and res.forward:
+        layer_saved = [T * arch.hidden_size * dt.stream] * L if s.gradient_checkpointing \
+            else [by_kind[k] for k in kinds]
+        cache = _autocast_weight_cache(arch, s, dt) if not res.autocast else 0
+        first_term = 0.0 if s.gradient_checkpointing else -T * est.first_layer_discount + res.term(res.first, T, seq)
+        before, extra = _layer_forward(res, kinds, layer_saved, first_term, T, seq)
+        phases_bd["forward_layers"] = dict(base, gradients=0, activations=int(before + outside + cache),
+                                           logits_and_loss=0, temporaries=int(extra) + workspace)
     totals = {name: sum(bd.values()) for name, bd in phases_bd.items()}
     phase = max(totals, key=totals.__getitem__)
     notes = list(pers.notes)
@@ -198,6 +209,21 @@ def _layer_backward(res: layer_terms.Residual, kinds: list[int], layer_saved: li
         grads += (params[k] if k < len(params) else 0.0) * grad_bytes
     assert best is not None
     return best[1], best[2], best[3]
+
+
+def _layer_forward(res: layer_terms.Residual, kinds: list[int], layer_saved: list[float], first_term: float,
+                   T: int, seq: int) -> tuple[float, float]:
+    """The highest layer forward, walking from the first layer: (saved bytes of the layers before it, what its
+    forward holds beyond them)."""
+    best = (0.0, 0.0)
+    before = 0.0
+    for i, k in enumerate(kinds):
+        terms = res.forward_first if i == 0 else (res.forward[k] if k < len(res.forward) else ())
+        extra = res.highest(terms, T, seq)
+        if before + extra > sum(best):
+            best = (before, extra)
+        before += layer_saved[i] + (first_term if i == 0 else 0.0)
+    return best
 
 
 PERSISTENT_TERMS = ("weights", "quantization_state", "adapters", "optimizer_states")

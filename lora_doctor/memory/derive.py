@@ -2,16 +2,16 @@
 
 For one setting class, the model is rebuilt with just enough layers to contain every layer kind
 past the first layer (a *window*: 2 layers for uniform models, the first pattern period for
-sliding/global alternations or dense/MoE mixes), at full width, and one forward and backward pass is
+sliding/global alternations or dense/MoE mixes; :mod:`.window`), at full width, and one forward and backward pass is
 traced on fake tensors (:mod:`lora_doctor.trace`) at four shapes: (batch, seq) = (1, S), (2, S), (1, 2S),
 (2, 2S), with S below the sliding window, and again above it when the model has one; plus a fifth
 shape that checks the backward moments (:func:`.moments.check_shape`).
 Everything alive when backward starts is what autograd saved; each storage is attributed to the
 region whose module created it (layer ``i``, outside the layers, or the logits). Solving the four
-shapes for ``a * tokens + q * tokens * seq + e * seq + c`` per region, and subtracting the recipe's own
-numbers (:func:`lora_doctor.memory.analytic.recipe_regions`), gives the residual the engine adds.
-What each layer's backward adds on top is kept per layer kind as its undominated moments
-(:mod:`.moments`).
+shapes for ``a * tokens + q * tokens * seq + e * seq + c`` per region, and subtracting the whole model's
+recipe (:func:`lora_doctor.memory.analytic.recipe_regions`), gives the residual the engine adds.
+What each layer's backward adds on top, and what each layer's forward holds beyond the layers before
+it, are kept per layer kind as their undominated moments (:mod:`.moments`).
 
 Imports torch; :func:`derive_terms` is what ``scripts/build_catalog.py`` stores as
 ``ArchSpec.derived`` so that planning a catalog model stays torch-free.
@@ -28,8 +28,9 @@ from ..arch import ArchSpec
 from ..plan_types import PlanSettings
 from . import layer_terms
 from .analytic import recipe_regions
-from .moments import backward_terms, check_shape, solve as _solve
+from .moments import Curve, backward_terms, check_shape, forward_terms, solve as _solve
 from .targets import FALLBACK_TARGETS
+from .window import _layer_list, _renumber, _window_resolved, _window_size, layer_kinds  # noqa: F401 - re-exported
 
 # S of the traced shapes (batch, seq): (1, S), (2, S), (1, 2S), (2, 2S). At 64, a per-token fp32 scalar
 # (LayerNorm's mean and rstd) at (1, S) is 256 bytes, rounded to 512, and the fit read the rounding as a
@@ -88,10 +89,11 @@ def derive_terms(model_or_config: Any, settings: Iterable[PlanSettings] | None =
 
     resolved = model_or_config if isinstance(model_or_config, ResolvedModel) else resolve(model_or_config)
     config = resolved.config()
-    kinds = layer_kinds(resolved.meta_model(), resolved.arch.num_layers)
+    meta = resolved.meta_model()
+    kinds = layer_kinds(meta, resolved.arch.num_layers)
     kept = (keep or {}).get("classes", {}) if (keep or {}).get("version") == layer_terms.VERSION else {}
     out: dict[str, Any] = {"version": layer_terms.VERSION, "layer_kinds": kinds, "classes": dict(kept)}
-    window = _window_resolved(config, kinds)
+    window = _window_resolved(config, kinds, whole=_layer_list(meta, resolved.arch.num_layers) is None)
     regimes = (False, True) if _window_of(resolved.arch) else (False,)
     for s in catalog_settings(resolved.arch) if settings is None else settings:
         for long in regimes if regime is None else (regime,):
@@ -99,7 +101,7 @@ def derive_terms(model_or_config: Any, settings: Iterable[PlanSettings] | None =
             if key in out["classes"]:   # kept, or peft's default adapts every linear (the all-linear class)
                 continue
             try:
-                out["classes"][key] = _residual(window, kinds, s, device, _seq_for(resolved.arch, long))
+                out["classes"][key] = _residual(window, kinds, s, device, _seq_for(resolved.arch, long), resolved.arch)
             except Exception:  # third-party model code that cannot run on fake tensors: recipe only
                 continue
     return out
@@ -147,88 +149,28 @@ def _resolved_for(config: Any, arch: ArchSpec) -> Any:
                          _config=copy.deepcopy(config))
 
 
-def layer_kinds(model: Any, num_layers: int) -> list[int]:
-    """Kind of each decoder layer: layers with the same modules, shapes and layer type share one."""
-    layers = _layer_list(model, num_layers)
-    if layers is None:
-        return [0] * max(num_layers, 1)
-    config = getattr(model, "config", None)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    types = getattr(text, "layer_types", None)
-    seen: dict[tuple, int] = {}
-    kinds = []
-    for i, layer in enumerate(layers):
-        sig = tuple((name, type(m).__name__, tuple(tuple(p.shape) for p in m.parameters(recurse=False)))
-                    for name, m in layer.named_modules())
-        if isinstance(types, (list, tuple)) and i < len(types):
-            sig += (str(types[i]),)
-        kinds.append(seen.setdefault(sig, len(seen)))
-    return kinds
+def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: int,
+              arch: ArchSpec | None = None) -> dict:
+    """Trace the window at the four shapes, solve each region for (a, q, e, c), subtract the recipe.
 
-
-def _layer_list(model: Any, num_layers: int) -> Any:
-    import torch.nn as nn
-
-    found = [(name, m) for name, m in model.named_modules()
-             if isinstance(m, nn.ModuleList) and len(m) == num_layers and num_layers > 0]
-    return found[0][1] if found else None
-
-
-def _window_size(kinds: list[int]) -> int:
-    """Fewest leading layers in which every kind (past layer 0) appears at an index >= 1."""
-    if len(kinds) <= 2:
-        return len(kinds)
-    need = 2
-    for k in set(kinds):
-        later = [i for i, kk in enumerate(kinds) if kk == k and i >= 1]
-        if later:
-            need = max(need, later[0] + 1)
-    return need
-
-
-def _window_resolved(config: Any, kinds: list[int]) -> Any:
-    """A ResolvedModel of the first ``n`` layers (lists of per-layer values cut to ``n``)."""
-    from ..introspect import arch_from_model, build_meta_model
-    from ..models import ResolvedModel
-
-    n, full = _window_size(kinds), len(kinds)
-    cfg = copy.deepcopy(config)
-    if n < full:
-        text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-        for name, value in list(vars(text).items()):
-            if isinstance(value, (list, tuple)) and len(value) == full and name != "architectures":
-                setattr(text, name, type(value)(value[:n]))
-        text.num_hidden_layers = n
-        try:
-            model = build_meta_model(cfg)
-            ok = layer_kinds(model, n) == _renumber(kinds[:n])
-        except Exception:
-            ok = False
-        if not ok:  # the pattern did not survive the cut: trace every layer
-            cfg, n = copy.deepcopy(config), full
-    model = build_meta_model(cfg)
-    return ResolvedModel(getattr(cfg, "_name_or_path", "") or cfg.model_type, "config",
-                         arch_from_model(model, cfg), _config=cfg)
-
-
-def _renumber(kinds: list[int]) -> list[int]:
-    seen: dict[int, int] = {}
-    return [seen.setdefault(k, len(seen)) for k in kinds]
-
-
-def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: int) -> dict:
-    """Trace the window at the four shapes, solve each region for (a, q, e, c), subtract the recipe."""
+    The recipe subtracted is the whole model's (``arch``), as the engine adds it: its per-layer numbers are an
+    average over all layers, and the window's average differs where the layer kinds differ in their linears
+    (MiMo-V2-Flash: one full-attention layer with narrower k/v projections, then sliding ones; a window of 2
+    has them half and half, the model 1 in 4)."""
     from .analytic import recipe_trainable
+
+    arch = arch or window.arch
 
     n = window.arch.num_layers
     wkinds = _renumber(kinds[:n])
     check = check_shape(_window_of(window.arch), seq)
     shapes = ((1, seq), (2, seq), (1, 2 * seq), (2, 2 * seq), check)
-    samples, trainable, excess = _saved_by_region(window, replace(s, gradient_checkpointing=False), shapes, device, n)
+    samples, trainable, excess, fwd = _saved_by_region(window, replace(s, gradient_checkpointing=False), shapes,
+                                                       device, n)
     samples = samples[:4]   # the fifth shape only checks the backward moments (moments.check_shape)
     regions = {r for smp in samples for r in smp}
     solved = {r: _solve([smp.get(r, 0.0) for smp in samples], seq) for r in regions}
-    recipe = recipe_regions(window.arch, replace(s, batch_size=1, seq_len=seq), device)
+    recipe = recipe_regions(arch, replace(s, batch_size=1, seq_len=seq), device)
     zero = (0.0, 0.0, 0.0, 0.0)
     to_model = {wk: k for wk, k in zip(wkinds, kinds[:n])}  # window kind ids -> the model's
     layers: dict[int, list] = {}
@@ -242,7 +184,7 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
     residual_layers = [list(_sub(_mean(layers[k]), recipe["layer"])) if layers.get(k) else list(zero)
                        for k in range(max(kinds) + 1)]
     # trainable parameters beyond the recipe's linear families, per kind and outside the layers
-    per_layer, outside = recipe_trainable(window.arch, s)
+    per_layer, outside = recipe_trainable(arch, s)
     by_layer: dict[int, list[float]] = {}
     for i in range(n):
         by_layer.setdefault(to_model[wkinds[i]], []).append(trainable.get(f"layer{i}", 0) - per_layer)
@@ -252,7 +194,8 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
             "outside": list(_sub(solved.get("outside", zero), recipe["outside"])),
             "logits": list(_sub(solved.get("logits", zero), recipe["logits"])),
             "trainable": [0.0] * len(extra) if s.mode == "full" else extra,
-            "backward": backward_terms(excess, trainable, seq, check, n, kinds, wkinds, to_model)}
+            "backward": backward_terms(excess, trainable, seq, check, n, kinds, wkinds, to_model),
+            "forward": forward_terms(fwd, seq, check, n, kinds, wkinds, to_model)}
 
 
 def _sub(x: tuple, y: tuple) -> tuple[float, float, float]:
@@ -275,10 +218,11 @@ def _region(path: str, prefix: str | None, num_layers: int) -> str:
 
 
 def _saved_by_region(resolved: Any, s: PlanSettings, shapes: tuple, device: str, num_layers: int
-                     ) -> tuple[list[dict[str, float]], dict[str, int], list[dict[int, tuple[list[float], tuple[str, ...]]]]]:
+                     ) -> tuple[list[dict[str, float]], dict[str, int], list[dict[int, Curve]], list[dict[int, Curve]]]:
     """Per shape, bytes alive at the start of backward (saved for it) by region (layer<i>, outside,
-    logits); trainable parameters by region; and per shape, what each layer's backward adds beyond the
-    saved bytes of layers ``<= i`` and outside the layers and the gradients made before it."""
+    logits); trainable parameters by region; per shape, what each layer's backward adds beyond the
+    saved bytes of layers ``<= i`` and outside the layers and the gradients made before it; and per shape,
+    what each layer's forward holds beyond the saved bytes of layers ``< i`` and outside the layers."""
     from ..trace.profile import saved_at_backward_start
 
     per_shape, layers_prefix, params = saved_at_backward_start(resolved, s, shapes, foreach=device == "cuda",
@@ -287,8 +231,8 @@ def _saved_by_region(resolved: Any, s: PlanSettings, shapes: tuple, device: str,
     for name, numel in params.items():
         region = _region(name, layers_prefix, num_layers)
         trainable[region] = trainable.get(region, 0) + numel
-    samples, excess = [], []
-    for records, layer_backwards in per_shape:
+    samples, excess, forward = [], [], []
+    for records, layer_backwards, layer_forwards in per_shape:
         out: dict[str, float] = {}
         for rec in records:
             if rec.category in PERSISTENT or rec.op == "register":
@@ -299,4 +243,8 @@ def _saved_by_region(resolved: Any, s: PlanSettings, shapes: tuple, device: str,
         excess.append({lb.layer: ([v - lb.gradients - out.get("outside", 0.0)
                                    - sum(out.get(f"layer{j}", 0.0) for j in range(lb.layer + 1)) for v in lb.curve],
                                   lb.ops) for lb in layer_backwards})
-    return samples, trainable, excess
+        before = {lf.layer: out.get("outside", 0.0) + sum(out.get(f"layer{j}", 0.0) for j in range(lf.layer))
+                  for lf in layer_forwards}
+        forward.append({lf.layer: ([v - before[lf.layer] for v in lf.curve], lf.ops)
+                        for lf in layer_forwards if lf.layer < num_layers})
+    return samples, trainable, excess, forward

@@ -24,12 +24,18 @@ Stored in :attr:`ArchSpec.derived` (the catalog ships them, so catalog plans sta
                                  "backward": {"layers": [[[a, q, e, c], ...], ...],  # per kind, absolute:
                                               "first": [[a, q, e, c], ...],  # what its backward adds at
                                               "params": [per kind],          # each moment; params per kind
-                                              "loss": [[a, q, e, c], ...]}}}}  # the loss and head backward
+                                              "loss": [[a, q, e, c], ...]},  # the loss and head backward
+                                 # (a moment may carry a fifth number: the batch size it applies from)
+                                 "forward": {"layers": [[[a, q, e, c], ...], ...],   # per kind, absolute:
+                                             "first": [[a, q, e, c], ...]}}}}        # what its forward holds
 
 ``backward`` (optional; classes derived before it have none and plan without that phase) is what one
 layer's backward adds on top of the saved activations of the layers not yet done and the gradients
 already made: the incoming gradient, the layer's own gradients, the kernels' scratch. The engine's
-``backward_layers`` phase walks the layers from the last with it.
+``backward_layers`` phase walks the layers from the last with it. ``forward`` (optional too) is what one
+layer's forward holds on top of the saved activations of the layers before it: its own as they are made, and
+transients freed before it ends (HY-V4's indexer scores, eager attention's fp32 scores before the softmax);
+the engine's ``forward_layers`` phase walks the layers from the first with it.
 
 A model with a sliding window has two regimes (sequences up to the window, and longer ones, where
 transformers builds explicit masks), derived and stored separately (``:long`` class keys).
@@ -142,15 +148,20 @@ class Residual:
     backward_first: tuple[Term, ...] = ()        # the same for layer 0
     layer_params: tuple[float, ...] = ()   # trainable parameters per layer kind (their gradients)
     backward_loss: tuple[Term, ...] = ()   # the loss and head backward: beyond the saved activations
+    forward: tuple[tuple[Term, ...], ...] = ()   # per layer kind: what its forward holds at each of its
+                                                  # undominated moments (absolute), see derive
+    forward_first: tuple[Term, ...] = ()         # the same for layer 0
 
     def term(self, t: Term, tokens: int, seq: int) -> float:
-        a, q, e, c = t
+        a, q, e, c = t[:4]
         value = self.scale * (a * tokens + q * tokens * seq + e * seq + c)
         return max(value, 0.0) if self.only_adds else value
 
     def highest(self, terms: tuple[Term, ...], tokens: int, seq: int) -> float:
-        """The highest of several moments' terms (0 when there are none)."""
-        return max((self.term(t, tokens, seq) for t in terms), default=0.0)
+        """The highest of several moments' terms (0 when there are none); a moment may apply only from some
+        batch size on (a fifth number, :func:`.moments.min_batch`)."""
+        batch = tokens // max(seq, 1)
+        return max((self.term(t, tokens, seq) for t in terms if len(t) < 5 or batch >= t[4]), default=0.0)
 
     @property
     def autocast(self) -> bool:
@@ -171,12 +182,17 @@ class Residual:
         def term(t: list) -> Term:
             return tuple((list(t) + [0.0] * 4)[:4])  # type: ignore[return-value]
 
-        bw = data.get("backward") or {}
+        def moment(t: list) -> Term:   # a term, and the batch size it applies from when it has one
+            return tuple(list(term(t)) + list(t[4:5]))  # type: ignore[return-value]
+
+        bw, fw = data.get("backward") or {}, data.get("forward") or {}
         return cls(tuple(term(t) for t in data["layers"]), term(data["first"]), term(data["outside"]),
                    term(data["logits"]), tuple(kinds), tuple(data.get("trainable", ())), scale, key, only_adds,
-                   tuple(tuple(term(t) for t in kind) for kind in bw.get("layers", ())),
-                   tuple(term(t) for t in bw.get("first", ())), tuple(bw.get("params", ())),
-                   tuple(term(t) for t in bw.get("loss", ())))
+                   tuple(tuple(moment(t) for t in kind) for kind in bw.get("layers", ())),
+                   tuple(moment(t) for t in bw.get("first", ())), tuple(bw.get("params", ())),
+                   tuple(moment(t) for t in bw.get("loss", ())),
+                   tuple(tuple(moment(t) for t in kind) for kind in fw.get("layers", ())),
+                   tuple(moment(t) for t in fw.get("first", ())))
 
 
 # Derives terms for an arch built from a config (set by lora_doctor.introspect; imports torch).

@@ -1,4 +1,4 @@
-"""What each decoder layer's backward adds on top of the saved activations, as moments (no torch).
+"""What each decoder layer's backward (and forward) adds on top of the saved activations, as moments (no torch).
 
 A layer's backward is a sequence of ops; after each allocation the bytes alive, minus the saved
 activations of the layers not yet done and the gradients already made, is one *moment*. Traced at
@@ -13,6 +13,13 @@ from __future__ import annotations
 import difflib
 
 Term = tuple[float, float, float, float]
+# A moment: a Term, or a Term and the smallest batch size it applies from (see _batched).
+Moment = tuple[float, ...]
+
+
+def min_batch(moment: Moment) -> int:
+    """The smallest batch size at which ``moment`` happens (1: every batch)."""
+    return int(moment[4]) if len(moment) > 4 else 1
 
 
 def solve(v: list[float], seq: int) -> Term:
@@ -64,6 +71,24 @@ def backward_terms(excess: list[dict[int, Curve]], trainable: dict[str, int], se
             "params": [sum(params[k]) / len(params[k]) if params.get(k) else 0.0 for k in range(max(kinds) + 1)]}
 
 
+def forward_terms(excess: list[dict[int, Curve]], seq: int, check: tuple[int, int], n: int, kinds: list[int],
+                  wkinds: list[int], to_model: dict[int, int]) -> dict | None:
+    """What one layer's forward holds on top of the saved activations of the layers before it and outside the
+    layers, per layer kind (absolute): its own saved activations as they are made, and transients freed before
+    it ends (HY-V4's indexer builds a ``[b, s, d, s]`` fp32 product under no_grad; eager attention holds the fp32
+    scores and the mask sum before the softmax). Moments as in :func:`backward_terms`; ``first`` is layer 0's."""
+    if not excess or any(any(i not in e for i in range(n)) for e in excess):
+        return None
+    solved = {i: _envelope([e[i] for e in excess], seq, check) for i in range(n)}
+    per_kind: dict[int, list] = {}
+    for i in range(1, n):
+        per_kind.setdefault(to_model[wkinds[i]], []).extend(solved[i])
+    if kinds[0] not in per_kind:
+        per_kind[kinds[0]] = list(solved[0])
+    return {"layers": [[list(t) for t in _undominated(per_kind.get(k, []))] for k in range(max(kinds) + 1)],
+            "first": [list(t) for t in solved[0]]}
+
+
 def check_shape(w: int, seq: int) -> tuple[int, int]:
     """A fifth (batch, seq) shape that each backward moment's fit must predict: longer than the four (so
     an extrapolation error shows), in the same sliding-window regime. Batch 1, because a batch of 1
@@ -75,13 +100,14 @@ def check_shape(w: int, seq: int) -> tuple[int, int]:
 
 
 def _envelope(curves: list[Curve], seq: int,
-              check: tuple[int, int]) -> list[Term]:
+              check: tuple[int, int]) -> list[Moment]:
     """The undominated moments of one layer's backward, from its curve at the five shapes.
 
     Moments are matched across shapes by their op sequence (a batch of 2 may add a reduction over the
     batch), solved from the first four shapes, and kept only when they predict the fifth (a moment
     matched to another op at some shape does not). When the kept moments miss a shape's peak (the
-    peak moment did not match), the peaks, fitted the same way, are kept too if they pass the check."""
+    peak moment did not match), the peaks, fitted the same way, are kept too if they pass the check, or
+    else, when only the batches of 2 reach them, as a moment from batch 2 on (:func:`_batched`)."""
     ref_ops = curves[0][1]
     matched = {i: [v] for i, v in enumerate(curves[0][0])}
     for values, ops in curves[1:]:
@@ -90,14 +116,31 @@ def _envelope(curves: list[Curve], seq: int,
             for j in range(block.size):
                 pairs[block.a + j] = values[block.b + j]
         matched = {i: vs + [pairs[i]] for i, vs in matched.items() if i in pairs}
-    kept = [term for vs in matched.values() if _predicts((term := solve(vs[:4], seq)), vs[4], seq, check)]
+    good = [(term, vs) for vs in matched.values() if _predicts((term := solve(vs[:4], seq)), vs[4], seq, check)]
+    kept: list[Moment] = [term for term, _ in good]
     peaks = [max(values) for values, _ in curves]
-    covered = [max((vs[k] for vs in matched.values()), default=0.0) for k in range(len(curves))]
+    covered = [max((vs[k] for _, vs in good), default=0.0) for k in range(len(curves))]   # by the kept moments
     if any(c < p - _tolerance(p) for c, p in zip(covered, peaks)) or not kept:
         term = solve(peaks[:4], seq)
         if _predicts(term, peaks[4], seq, check) or not kept:
             kept.append(term)
+        else:
+            kept += _batched(peaks, seq, check)
     return _undominated(kept)
+
+
+def _batched(peaks: list[float], seq: int, check: tuple[int, int]) -> list[Moment]:
+    """A peak that only batches of 2 or more reach: ``torch.matmul`` folds a broadcast operand of batch 1 into
+    one ``mm``, and at batch 2 expands and copies it (HY-V4's indexer: ``[b, 1, d, s]`` keys against
+    ``[b, s, h, d]`` queries make a ``[b, s, d, s]`` fp32 copy). Fitted as ``a * tokens + q * tokens * seq``
+    from the peaks at (2, S) and (2, 2S), applied from batch 2 on, checked on the fifth shape when it has one."""
+    S = float(seq)
+    q = (peaks[3] - 2 * peaks[1]) / (4 * S * S)
+    a = (peaks[1] - 2 * q * S * S) / (2 * S)
+    term = (a, q, 0.0, 0.0, 2.0)
+    if peaks[1] <= peaks[0] * 2 or (check[0] >= 2 and not _predicts(term, peaks[4], seq, check)):
+        return []   # not a batch-only peak, or one the fit does not predict
+    return [term]
 
 
 def _tolerance(measured: float) -> float:
@@ -105,19 +148,20 @@ def _tolerance(measured: float) -> float:
     return max(0.005 * abs(measured), 65536.0)
 
 
-def _predicts(term: Term, measured: float, seq: int, check: tuple[int, int]) -> bool:
+def _predicts(term: Moment, measured: float, seq: int, check: tuple[int, int]) -> bool:
     """Whether ``term`` gives the bytes measured at the check shape."""
     b, s = check
-    a, q, e, c = term
+    a, q, e, c = term[:4]
     return abs(a * b * s + q * b * s * s + e * s + c - measured) <= _tolerance(measured)
 
 
-def _undominated(terms: list) -> list[Term]:
-    """Terms not below another in every coefficient (the basis' features are all >= 0)."""
+def _undominated(terms: list) -> list[Moment]:
+    """Terms not below another in every coefficient (the basis' features are all >= 0), among the terms that
+    apply at the same batch sizes or more."""
     terms = sorted({tuple(round(x, 6) for x in t) for t in terms}, reverse=True)
-    kept: list[Term] = []
+    kept: list[Moment] = []
     for t in terms:
-        if not any(all(k[j] >= t[j] for j in range(4)) for k in kept):
+        if not any(all(k[j] >= t[j] for j in range(4)) and min_batch(k) <= min_batch(t) for k in kept):
             kept.append(t)  # type: ignore[arg-type]
     return kept
 

@@ -1,12 +1,14 @@
 """What autograd saved: the storages alive when backward starts, from one traced forward pass;
-optionally, what each decoder layer's backward adds on top (:class:`LayerBackward`).
+optionally, what each decoder layer's forward and backward add on top (:class:`LayerPass`).
 
 Used by :mod:`lora_doctor.memory.derive` to attribute saved activations to layers. Same model,
 same fake tensors and same patches as :func:`lora_doctor.trace.trace_step`; without ``backward``
 only the forward pass runs (its end is all that is read), which halves the cost.
 
-A layer's backward starts when the gradient of its output arrives (a tensor hook: no change to the
-graph or to what it saves) and ends when the next layer's starts, or when the gradient of layer 0's
+A layer's forward runs from its forward pre-hook to the next layer's (the last one's ends at its forward
+hook): a transient made and freed inside it (HY-V4's indexer scores, fp32 attention scores) can make the
+peak of a step there. A layer's backward starts when the gradient of its output arrives (a tensor hook:
+no change to the graph or to what it saves) and ends when the next layer's starts, or when the gradient of layer 0's
 input arrives (the end of backward when the embeddings do not train).
 """
 
@@ -29,10 +31,10 @@ from .patches import quiet_third_party, real_batch_decisions
 
 
 @dataclass(frozen=True)
-class LayerBackward:
-    """One decoder layer's backward in a traced step (bytes of non-persistent storages)."""
+class LayerPass:
+    """One decoder layer's forward or backward in a traced step (bytes of non-persistent storages)."""
 
-    layer: int               # the number of layers: the loss and the head, before the last layer
+    layer: int               # backward: the number of layers is the loss and the head, before the last layer
     curve: tuple[int, ...]   # bytes alive when it starts and after each allocation while it runs
     gradients: int           # parameter gradients already made when it starts (layers after it, the head)
     ops: tuple[str, ...] = ()   # the op behind each point of the curve ("" for the start)
@@ -48,7 +50,8 @@ def saved_at_backward_start(resolved: ResolvedModel, settings: PlanSettings,
     """For each (batch, seq) shape: the storages alive after one forward pass. Also the module path
     of the decoder layer list and the trainable parameters by name. The model is built once.
 
-    With ``backward`` each shape's entry is ``(alive, [LayerBackward, ...])``: backward runs too."""
+    With ``backward`` each shape's entry is ``(alive, [backward LayerPass, ...], [forward LayerPass, ...])``:
+    backward runs too."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from .run import _empty
@@ -63,7 +66,7 @@ def saved_at_backward_start(resolved: ResolvedModel, settings: PlanSettings,
             layers = built.model.get_submodule(prefix) if (backward and prefix is not None) else None
             alive = [_forward(built, settings, batch, seq, foreach, layers) for batch, seq in shapes]
     if backward and layers is None:  # no decoder layer list found: no layer to time
-        alive = [(records, []) for records in alive]
+        alive = [(records, [], []) for records in alive]
     return alive, prefix, trainable
 
 
@@ -84,9 +87,11 @@ def _forward(built: Any, settings: PlanSettings, batch_size: int, seq_len: int, 
     timeline.register(batch.values(), "inputs")
     amp = dtype_of(settings.mixed_precision) if settings.mixed_precision else None
     marks: list[tuple[int, int]] = []   # (event index, layer whose backward starts; -1: layer 0's ends)
+    forward_marks: list[tuple[int, int]] = []   # (event index, layer whose forward starts; n: the last one's ends)
     with real_batch_decisions(cuda_kernels=foreach), timeline, \
             module_scope(built.model, lambda name: setattr(timeline, "module", name)), \
-            _layer_marks(layers, lambda i: marks.append((len(timeline.events), i))):
+            _layer_marks(layers, lambda i: marks.append((len(timeline.events), i))), \
+            _forward_marks(layers, lambda i: forward_marks.append((len(timeline.events), i))):
         timeline.set_phase("forward")
         with torch.autocast("cpu", dtype=amp) if amp is not None else nullcontext():
             loss = built.model(**batch).loss
@@ -103,7 +108,8 @@ def _forward(built: Any, settings: PlanSettings, batch_size: int, seq_len: int, 
              if id(p.grad.untyped_storage()) in timeline._live}
     for p in params:
         p.grad = None
-    return alive, _layer_backwards(timeline, marks + [(start, len(layers))], grads)
+    forwards = _layer_passes(timeline, forward_marks, set(), upto=start)
+    return alive, _layer_passes(timeline, marks + [(start, len(layers))], grads), forwards
 
 
 def _alive(timeline: StorageTimeline, upto: int) -> list[StorageRecord]:
@@ -144,11 +150,28 @@ def _layer_marks(layers: Any, mark: Any) -> Iterator[None]:
             h.remove()
 
 
-def _layer_backwards(timeline: StorageTimeline, marks: list[tuple[int, int]], grads: set[int]) -> list[LayerBackward]:
-    """Replay the log: per layer, the non-persistent bytes alive while its backward runs, and the
-    parameter gradients alive when it starts."""
+@contextmanager
+def _forward_marks(layers: Any, mark: Any) -> Iterator[None]:
+    """Call ``mark(i)`` when layer ``i``'s forward starts, ``mark(len(layers))`` when the last one's ends."""
+    if layers is None:
+        yield
+        return
+    n = len(layers)
+    handles = [layer.register_forward_pre_hook(lambda *_, i=i: mark(i)) for i, layer in enumerate(layers)]
+    handles.append(layers[n - 1].register_forward_hook(lambda *_: mark(n)))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _layer_passes(timeline: StorageTimeline, marks: list[tuple[int, int]], grads: set[int],
+                  upto: int | None = None) -> list[LayerPass]:
+    """Replay the log up to event ``upto``: per layer, the non-persistent bytes alive while its pass (from its
+    mark to the next one) runs, and the parameter gradients alive when it starts."""
     records, events = timeline.records, timeline.events
-    bounds = sorted(marks) + [(len(events), -2)]
+    bounds = sorted(marks) + [(len(events) if upto is None else upto, -2)]
     out = []
     current = grad_bytes = 0
     pos = 0
@@ -163,7 +186,7 @@ def _layer_backwards(timeline: StorageTimeline, marks: list[tuple[int, int]], gr
                 ops.append(records[ev].op)
         pos = end
         if layer >= 0:
-            out.append(LayerBackward(layer, tuple(curve), start_grads, tuple(ops)))
+            out.append(LayerPass(layer, tuple(curve), start_grads, tuple(ops)))
     return out
 
 
