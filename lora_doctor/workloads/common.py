@@ -18,8 +18,9 @@ from ..plan_types import PlanSettings
 from .fused_head import fused_head_bytes
 from .trl_defaults import TrlDefaults, defaults_for
 
-# backward_layers: the walk through the layers' backward, when the engine models it (trace-derived moments)
-TRAINING_PHASES = ("backward_start", "backward_layers", "backward_end", "optimizer_step")
+# forward_layers / backward_layers: the walks through the layers' forward and backward, when the engine models
+# them (trace-derived moments)
+TRAINING_PHASES = ("forward_layers", "backward_start", "backward_layers", "backward_end", "optimizer_step")
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,8 @@ def compute_bytes(s: PlanSettings) -> tuple[int, int]:
 
 def training_phases(arch: ArchSpec, s: PlanSettings, device: str, wl: Workload, *, rows: int, seq: int,
                     scored_tokens: int) -> tuple[PhaseTotals, dict[str, dict[str, int]], list[str]]:
-    """The training phases of ``rows`` x ``seq`` (those of :func:`step_peak`, ``backward_layers`` included when
-    it models one) with the fused head scoring ``scored_tokens``."""
+    """The training phases of ``rows`` x ``seq`` (those of :func:`step_peak`, the layer walks included when it
+    models them) with the fused head scoring ``scored_tokens``."""
     base = step_peak(arch, replace(s, batch_size=rows, seq_len=seq), device=device)
     phases = {name: dict(base.breakdowns[name]) for name in TRAINING_PHASES if name in base.breakdowns}
     notes: list[str] = []
@@ -85,8 +86,9 @@ def training_phases(arch: ArchSpec, s: PlanSettings, device: str, wl: Workload, 
         on_device = phases["backward_end"]["activations"]
         moved = phases["backward_start"]["activations"] - on_device
         phases["backward_start"]["activations"] = on_device
-        if "backward_layers" in phases:   # each layer's saved tensors come back just before its backward
-            phases["backward_layers"]["activations"] = min(phases["backward_layers"]["activations"], on_device)
+        for walk in ("forward_layers", "backward_layers"):   # the layers' saved tensors are offloaded as they go
+            if walk in phases:
+                phases[walk]["activations"] = min(phases[walk]["activations"], on_device)
         notes.append(f"activation_offloading: about {moved / 2**30:.2f} GiB of saved activations move to pinned "
                      "CPU memory; about one layer's stays on the GPU")
     return base, phases, notes
