@@ -111,7 +111,7 @@ class MemoryPlan:
     total_params: int
     trainable_params: int
     engine: str = "analytic"
-    peak_phase: str = "backward_start"     # "backward_start" | "backward_end" | "optimizer_step" (analytic)
+    peak_phase: str = "backward_start"     # the analytic phase that won: details["phases"] has them all
     gpu: GpuSpec | None = None
     fits: bool | None = None
     headroom_bytes: int | None = None      # gpu memory - device peak (negative: short by that much)
