@@ -23,6 +23,9 @@ TINY_FIELDS: dict[str, Any] = {
     "q_lora_rank": 64, "kv_lora_rank": 32, "qk_rope_head_dim": 16, "qk_nope_head_dim": 16, "v_head_dim": 32,
     "vocab_size": 1024, "sliding_window": 128, "attention_chunk_size": 128, "rotary_dim": 16,
 }
+# Field -> the field whose value makes the model need it, for defaults that leave it None although every
+# published config sets it (DeepSeek-V2's routed experts with ``num_experts_per_tok=None`` cannot route).
+REQUIRED_WITH: dict[str, str] = {"num_experts_per_tok": "n_routed_experts"}
 LAYERS = 4
 # Not decoder-only text models even though transformers maps them to a *ForCausalLM class.
 ENCODER_TYPES = frozenset({
@@ -70,6 +73,9 @@ def tiny_config(model_type: str) -> dict[str, Any] | None:
         settable = not isinstance(getattr(type(default), name, None), property)  # Falcon's head_dim
         if settable and _value(default, name) is not None:
             fields[name] = value
+    for name, needed_by in REQUIRED_WITH.items():
+        if name not in fields and _value(default, needed_by) is not None:
+            fields[name] = TINY_FIELDS[name]
     if "qk_rope_head_dim" in fields and "head_dim" in fields:  # MLA: rope runs on head_dim = the rope part
         fields["head_dim"] = fields["qk_rope_head_dim"]
     layers_field = next((n for n in ("num_hidden_layers", "n_layer", "num_layers") if hasattr(default, n)), None)
