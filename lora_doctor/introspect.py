@@ -280,6 +280,11 @@ def non_tensor_linears(model: Any) -> list[str]:
     return sorted(names)
 
 
+# model type -> its config field holding the block of a blockwise linear attention (``block_size`` means other
+# things elsewhere: Bark's context length, Muse-Glimmer's noise block)
+LINEAR_ATTENTION_BLOCK: dict[str, str] = {"minimax": "block_size"}
+
+
 def _extra_fields(text: Any) -> dict:
     """Block details the activation recipes read (kept small and JSON-serializable)."""
     keys = ("hidden_act", "activation_function", "attention_dropout", "hidden_dropout", "attn_pdrop",
@@ -292,4 +297,7 @@ def _extra_fields(text: Any) -> dict:
         v = getattr(text, k, None)
         if isinstance(v, (int, float, str, bool)):
             out[k] = v
+    block = getattr(text, LINEAR_ATTENTION_BLOCK.get(getattr(text, "model_type", ""), ""), None)
+    if isinstance(block, int):
+        out["linear_attention_block"] = block
     return out
