@@ -182,7 +182,7 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
         other_params=int(other),
         expert_params=int(expert),
         hidden_size=hidden,
-        num_layers=int(getattr(text, "num_hidden_layers", 0) or getattr(text, "n_layer", 0)),
+        num_layers=int(getattr(text, layer_count_field(text), 0) or getattr(text, "n_layer", 0)),
         num_heads=num_heads,
         num_kv_heads=int(kv),
         head_dim=head_dim,
@@ -278,6 +278,16 @@ def non_tensor_linears(model: Any) -> list[str]:
         if isinstance(module, nn.Linear) and verdict[type(module)] is False:
             names.add(path.rsplit(".", 1)[-1])
     return sorted(names)
+
+
+# model type -> the config field counting its decoder layer modules, where ``num_hidden_layers`` counts
+# something else (LongCat-Flash: two attention sublayers per decoder layer, ``num_hidden_layers = 2 * num_layers``)
+LAYER_COUNT_FIELDS: dict[str, str] = {"longcat_flash": "num_layers"}
+
+
+def layer_count_field(text: Any) -> str:
+    """The config field holding the number of decoder layer modules (``num_hidden_layers`` for nearly all)."""
+    return LAYER_COUNT_FIELDS.get(getattr(text, "model_type", ""), "num_hidden_layers")
 
 
 # model type -> its config field holding the block of a blockwise linear attention (``block_size`` means other

@@ -188,7 +188,7 @@ def _window_size(kinds: list[int]) -> int:
 
 def _window_resolved(config: Any, kinds: list[int]) -> Any:
     """A ResolvedModel of the first ``n`` layers (lists of per-layer values cut to ``n``)."""
-    from ..introspect import arch_from_model, build_meta_model
+    from ..introspect import arch_from_model, build_meta_model, layer_count_field
     from ..models import ResolvedModel
 
     n, full = _window_size(kinds), len(kinds)
@@ -198,7 +198,7 @@ def _window_resolved(config: Any, kinds: list[int]) -> Any:
         for name, value in list(vars(text).items()):
             if isinstance(value, (list, tuple)) and len(value) == full and name != "architectures":
                 setattr(text, name, type(value)(value[:n]))
-        text.num_hidden_layers = n
+        setattr(text, layer_count_field(text), n)
         try:
             model = build_meta_model(cfg)
             ok = layer_kinds(model, n) == _renumber(kinds[:n])
