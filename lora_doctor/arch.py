@@ -82,6 +82,9 @@ class ArchSpec:
     extra: dict = field(default_factory=dict)
     towers: tuple[TowerSpec, ...] = ()   # vision / audio encoders and the projector (lora_doctor.towers)
     buffer_bytes: int = field(default=0, compare=False)  # registered buffers (rope tables, causal-mask buffers), in their own dtypes
+    # elements of the floating buffers the model makes in the default dtype (GPT-1's causal mask, MiniMax's decay
+    # tables): counted in buffer_bytes at fp32, loaded in the load dtype like the parameters
+    load_dtype_buffer_params: int = field(default=0, compare=False)
     # Trace-derived corrections to the activation recipes (lora_doctor.memory.layer_terms);
     # empty = recipes only. Not part of equality: a plan may fill it lazily.
     derived: dict = field(default_factory=dict, compare=False)

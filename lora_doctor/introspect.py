@@ -33,8 +33,12 @@ _LAYER_INDEX = re.compile(r"\.\d+(\.|$)")
 _ADAPTER_PATH = re.compile(r"\.(lora_[A-Za-z_]+|modules_to_save|original_module)(\.|$)")
 
 
-def build_meta_model(config: Any, *, auto_class: str | None = None) -> Any:
-    """Instantiate the transformers model for ``config`` on the meta device (no memory, no weights)."""
+def build_meta_model(config: Any, *, auto_class: str | None = None, dtype: Any = None) -> Any:
+    """Instantiate the transformers model for ``config`` on the meta device (no memory, no weights).
+
+    ``dtype`` (default fp32) is the load dtype: like ``from_pretrained(dtype=...)`` it is the default
+    dtype while the model is built, so floating buffers made at init (causal masks, decay tables) get it
+    too, except those the model makes in an explicit dtype (rotary ``inv_freq`` stays fp32)."""
     import torch
     import transformers
     from accelerate import init_empty_weights
@@ -43,7 +47,7 @@ def build_meta_model(config: Any, *, auto_class: str | None = None) -> Any:
     cls = getattr(transformers, name)
     try:
         with init_empty_weights(include_buffers=True):
-            model = cls.from_config(config, dtype=torch.float32, trust_remote_code=False)  # never prompts
+            model = cls.from_config(config, dtype=dtype or torch.float32, trust_remote_code=False)  # never prompts
     except Exception as exc:  # transformers raises anything from ValueError to ZeroDivisionError on odd configs
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         first = first if len(first) <= 200 else first[:200] + "..."
@@ -178,7 +182,7 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
         other_params=int(other),
         expert_params=int(expert),
         hidden_size=hidden,
-        num_layers=int(getattr(text, "num_hidden_layers", 0) or getattr(text, "n_layer", 0)),
+        num_layers=int(getattr(text, layer_count_field(text), 0) or getattr(text, "n_layer", 0)),
         num_heads=num_heads,
         num_kv_heads=int(kv),
         head_dim=head_dim,
@@ -193,6 +197,7 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
         extra=dict(_extra_fields(text), **({"non_tensor_linears": bad} if (bad := non_tensor_linears(model)) else {})),
         towers=towers,
         buffer_bytes=int(sum(b.numel() * b.element_size() for b in model.buffers())),
+        load_dtype_buffer_params=load_dtype_buffer_params(model, config),
     )
     overrides = text_overrides(config)
     if overrides:
@@ -205,6 +210,23 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
 
         attach_deriver(spec, derive_for_arch(config))
     return spec
+
+
+def load_dtype_buffer_params(model: Any, config: Any) -> int:
+    """Elements of ``model``'s fp32 buffers that a build in bf16 makes in bf16: the model creates them in the
+    default dtype, so ``from_pretrained(dtype=...)`` loads them in the load dtype. RoPE's ``inv_freq`` is made
+    in an explicit fp32 (transformers' rope init functions), so a model with no other floating buffer is not
+    built again; 0 when the second build fails."""
+    import torch
+
+    fp32 = {n: b.numel() for n, b in model.named_buffers() if b.dtype == torch.float32}
+    if all(n.endswith("inv_freq") for n in fp32):
+        return 0
+    try:
+        other = build_meta_model(config, dtype=torch.bfloat16)
+    except Exception:  # UnsupportedModelError: keep them at fp32
+        return 0
+    return int(sum(fp32[n] for n, b in other.named_buffers() if n in fp32 and b.dtype == torch.bfloat16))
 
 
 def bnb_converts(module: Any) -> bool:
@@ -258,6 +280,21 @@ def non_tensor_linears(model: Any) -> list[str]:
     return sorted(names)
 
 
+# model type -> the config field counting its decoder layer modules, where ``num_hidden_layers`` counts
+# something else (LongCat-Flash: two attention sublayers per decoder layer, ``num_hidden_layers = 2 * num_layers``)
+LAYER_COUNT_FIELDS: dict[str, str] = {"longcat_flash": "num_layers"}
+
+
+def layer_count_field(text: Any) -> str:
+    """The config field holding the number of decoder layer modules (``num_hidden_layers`` for nearly all)."""
+    return LAYER_COUNT_FIELDS.get(getattr(text, "model_type", ""), "num_hidden_layers")
+
+
+# model type -> its config field holding the block of a blockwise linear attention (``block_size`` means other
+# things elsewhere: Bark's context length, Muse-Glimmer's noise block)
+LINEAR_ATTENTION_BLOCK: dict[str, str] = {"minimax": "block_size"}
+
+
 def _extra_fields(text: Any) -> dict:
     """Block details the activation recipes read (kept small and JSON-serializable)."""
     keys = ("hidden_act", "activation_function", "attention_dropout", "hidden_dropout", "attn_pdrop",
@@ -270,4 +307,7 @@ def _extra_fields(text: Any) -> dict:
         v = getattr(text, k, None)
         if isinstance(v, (int, float, str, bool)):
             out[k] = v
+    block = getattr(text, LINEAR_ATTENTION_BLOCK.get(getattr(text, "model_type", ""), ""), None)
+    if isinstance(block, int):
+        out["linear_attention_block"] = block
     return out

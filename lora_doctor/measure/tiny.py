@@ -18,11 +18,14 @@ TINY_FIELDS: dict[str, Any] = {
     "num_key_value_heads": 2, "head_dim": 32, "kv_channels": 32,
     "intermediate_size": 256, "ffn_dim": 256, "n_inner": 256, "ffn_hidden_size": 256,
     "moe_intermediate_size": 64, "shared_expert_intermediate_size": 128, "expert_intermediate_size": 64,
-    "num_local_experts": 4, "num_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
+    "num_local_experts": 4, "num_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2, "zero_expert_num": 2,
     "moe_topk": 2, "top_k": 2, "n_group": 1, "topk_group": 1,
     "q_lora_rank": 64, "kv_lora_rank": 32, "qk_rope_head_dim": 16, "qk_nope_head_dim": 16, "v_head_dim": 32,
     "vocab_size": 1024, "sliding_window": 128, "attention_chunk_size": 128, "rotary_dim": 16,
 }
+# Field -> the field whose value makes the model need it, for defaults that leave it None although every
+# published config sets it (DeepSeek-V2's routed experts with ``num_experts_per_tok=None`` cannot route).
+REQUIRED_WITH: dict[str, str] = {"num_experts_per_tok": "n_routed_experts"}
 LAYERS = 4
 # Not decoder-only text models even though transformers maps them to a *ForCausalLM class.
 ENCODER_TYPES = frozenset({
@@ -70,8 +73,13 @@ def tiny_config(model_type: str) -> dict[str, Any] | None:
         settable = not isinstance(getattr(type(default), name, None), property)  # Falcon's head_dim
         if settable and _value(default, name) is not None:
             fields[name] = value
+    for name, needed_by in REQUIRED_WITH.items():
+        if name not in fields and _value(default, needed_by) is not None:
+            fields[name] = TINY_FIELDS[name]
     if "qk_rope_head_dim" in fields and "head_dim" in fields:  # MLA: rope runs on head_dim = the rope part
         fields["head_dim"] = fields["qk_rope_head_dim"]
+    if "kv_lora_rank" in fields and "num_key_value_heads" in fields:  # MLA expands the latent to every head
+        fields["num_key_value_heads"] = fields["num_attention_heads"]
     layers_field = next((n for n in ("num_hidden_layers", "n_layer", "num_layers") if hasattr(default, n)), None)
     if layers_field:
         fields[layers_field] = LAYERS

@@ -64,9 +64,11 @@ Term = tuple[float, float, float, float]   # (a, q, e, c), see the module docstr
 ZERO: Term = (0.0, 0.0, 0.0, 0.0)
 
 
-# Config fields after which longer sequences take another attention path: sliding windows, and
-# Llama-4's chunked attention (attention within chunks of ``attention_chunk_size`` tokens).
-WINDOW_FIELDS = ("sliding_window", "attention_chunk_size")
+# Config fields after which longer sequences take another attention path: sliding windows,
+# Llama-4's chunked attention (attention within chunks of ``attention_chunk_size`` tokens), and
+# MiniMax's lightning attention, quadratic within blocks of ``block_size`` tokens and linear across them
+# (``linear_attention_block``: lora_doctor.introspect.LINEAR_ATTENTION_BLOCK).
+WINDOW_FIELDS = ("sliding_window", "attention_chunk_size", "linear_attention_block")
 
 
 def window_of(arch: ArchSpec) -> int:

@@ -88,7 +88,8 @@ def persistent_terms(arch: ArchSpec, *, mode: str, dtype: str, targeted: list[Li
         notes += unquantized_notes(arch)
     else:
         weights, qstate, q_weight = arch.total_params * load, 0, 0
-    weights += arch.buffer_bytes  # buffers keep their own dtypes (fp32 rope tables, bool masks)
+    # buffers keep their own dtypes (fp32 rope tables, bool masks); those made in the default dtype take the load's
+    weights += arch.buffer_bytes + arch.load_dtype_buffer_params * (load - 4)
 
     adapter_params = lora_params(targeted, r) + extra_adapter_params if mode != "full" else 0
     adapters = adapter_params * 4

@@ -52,7 +52,7 @@ def _window_resolved(config: Any, kinds: list[int], whole: bool = False) -> Any:
     ``whole``: the decoder layers are not one list of ``num_layers`` (HRM's two stacks, looped several times per
     forward, some loops without gradients): cutting ``num_hidden_layers`` would not cut the model, so the whole
     model is traced and everything it saves is attributed outside the layers (the per-layer recipe cancels)."""
-    from ..introspect import arch_from_model, build_meta_model
+    from ..introspect import arch_from_model, build_meta_model, layer_count_field
     from ..models import ResolvedModel
 
     full = len(kinds)
@@ -63,7 +63,7 @@ def _window_resolved(config: Any, kinds: list[int], whole: bool = False) -> Any:
         for name, value in list(vars(text).items()):
             if isinstance(value, (list, tuple)) and len(value) == full and name != "architectures":
                 setattr(text, name, type(value)(value[:n]))
-        text.num_hidden_layers = n
+        setattr(text, layer_count_field(text), n)
         try:
             model = build_meta_model(cfg)
             ok = layer_kinds(model, n) == _renumber(kinds[:n])

@@ -3,7 +3,9 @@
 Order matters and follows what a QLoRA/LoRA script does, all of it on the ``meta`` device first
 (free), then the tensors are made at once:
 
-1. the ``transformers`` class from the config (``build_meta_model``), cast to the load dtype;
+1. the ``transformers`` class from the config (``build_meta_model``) built in the load dtype, as
+   ``from_pretrained(dtype=...)`` builds it: floating buffers made at init are in that dtype too (a
+   buffer left in fp32 promotes bf16 activations it multiplies: GPT-1's causal mask, MiniMax's decays);
 2. QLoRA: every ``nn.Linear`` except the output head becomes a ``bitsandbytes`` ``Linear4bit``
    (what ``BitsAndBytesConfig(load_in_4bit=True)`` does), then peft's real
    ``prepare_model_for_kbit_training`` casts the remaining fp16/bf16 parameters to fp32;
@@ -64,14 +66,14 @@ def build_model(resolved: ResolvedModel, settings: PlanSettings, make: TensorFac
     config._attn_implementation = attn
     load_dtype = dtype_of(settings.dtype)
     try:
-        model = build_meta_model(config)
+        model = build_meta_model(config, dtype=load_dtype)
     except UnsupportedModelError as exc:
         if attn != "sdpa" or "attention implementation" not in str(exc):
             raise
         # Gemma-2, BLOOM: no SDPA path in transformers; from_pretrained would pick eager, so trace that
         notes.append(f"{config.model_type} has no SDPA attention in transformers; traced with eager attention")
         config._attn_implementation = "eager"
-        model = build_meta_model(config)
+        model = build_meta_model(config, dtype=load_dtype)
     for p in model.parameters():  # like from_pretrained(dtype=...): parameters only, fp32 buffers stay
         p.data = p.data.to(load_dtype)
     if settings.mode == "qlora":

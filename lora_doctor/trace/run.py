@@ -17,6 +17,7 @@ from .build import build_model
 from .inputs import look_ahead, trace_batch
 from .modules import module_scope
 from .metadata import real_metadata
+from .routing import balanced_routing
 from .patches import quiet_third_party, real_batch_decisions
 from .step import PAGED, make_optimizer, prime_optimizer, optimizer_state_tensors, run_training_steps
 from ..measure.timeline import StorageRecord, StorageTimeline, replay
@@ -113,7 +114,7 @@ def _trace_step(resolved: ResolvedModel, settings: PlanSettings, *, fake: bool, 
             prime_optimizer(optimizer, built.trainable)
             timeline.relabel(optimizer_state_tensors(optimizer), state_label)
         with real_batch_decisions(cuda_kernels=foreach), real_metadata(resolved.arch.model_type), \
-                timeline, module_scope(built.model, lambda name: setattr(timeline, "module", name)):
+                balanced_routing(resolved.arch.model_type, fake), timeline, module_scope(built.model, lambda name: setattr(timeline, "module", name)):
             run_training_steps(
                 built.model, batch, optimizer, steps=steps, autocast_dtype=autocast, foreach=foreach,
                 on_phase=timeline.set_phase,
