@@ -162,8 +162,9 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
     kv = getattr(text, "num_key_value_heads", None)
     if kv is None:
         kv = 1 if getattr(text, "multi_query", False) and not getattr(text, "new_decoder_architecture", False) else num_heads
-    head_dim = int(getattr(text, "head_dim", None) or (hidden // max(num_heads, 1)))
+    head_dim = int(getattr(text, "head_dim", None) or getattr(text, "dim_head", None) or (hidden // max(num_heads, 1)))
     inter = int(_largest(getattr(text, "intermediate_size", None)) or getattr(text, "ffn_dim", None)
+                or getattr(text, "dim_ff", None)
                 or getattr(text, "n_inner", None) or 4 * hidden)
     spec = ArchSpec(
         model_type=config.model_type,

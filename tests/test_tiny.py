@@ -94,3 +94,8 @@ def test_heterogeneous_layers_keep_their_own_linear_sizes():
     arch = resolve(tiny_config("gemma4_text")).arch
     q_outs = {f.out_features for f in arch.linear_families if f.name == "q_proj"}
     assert q_outs == {4 * 32, 4 * 64}  # sliding layers head_dim 32, the full-attention layer 64
+
+
+def test_cpmant_sizes_under_their_own_names_are_tiny_and_read():
+    arch = resolve(tiny_config("cpmant")).arch  # CPM-Ant: dim_head and dim_ff
+    assert (arch.head_dim, arch.intermediate_size) == (32, 256)

@@ -20,8 +20,8 @@ from .tiny_rules import LAYERS, LAYER_FIELDS, consistent
 TINY_FIELDS: dict[str, Any] = {
     "hidden_size": 128, "n_embd": 128, "d_model": 128, "dim": 128,
     "num_attention_heads": 4, "n_head": 4, "num_heads": 4, "n_heads": 4,
-    "num_key_value_heads": 2, "kv_n_heads": 2, "head_dim": 32, "kv_channels": 32,
-    "intermediate_size": 256, "ffn_dim": 256, "n_inner": 256, "ffn_hidden_size": 256,
+    "num_key_value_heads": 2, "kv_n_heads": 2, "head_dim": 32, "kv_channels": 32, "dim_head": 32,
+    "intermediate_size": 256, "ffn_dim": 256, "n_inner": 256, "ffn_hidden_size": 256, "dim_ff": 256,
     "moe_intermediate_size": 64, "shared_expert_intermediate_size": 128, "expert_intermediate_size": 64,
     "num_local_experts": 4, "num_experts": 4, "n_routed_experts": 4, "moe_num_experts": 4,
     "num_experts_per_tok": 2, "moe_topk": 2, "moe_top_k": 2, "top_k": 2, "n_group": 1, "topk_group": 1,

@@ -19,7 +19,6 @@ from typing import Any, Callable
 LAYERS = 4
 LAYER_FIELDS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _LAYER_COUNT = re.compile(r"^(num|n)_\w+_layers$")  # a number of layers of one kind (not the total)
-_TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
 
 
 def _repeat(pattern: tuple[str, ...]) -> Callable[[int], list[str]]:
@@ -33,8 +32,9 @@ DEFAULT_GAPS: dict[str, dict[str, Any]] = {
     "lfm2_moe": {"layer_types": _repeat(("conv", "conv", "full_attention", "conv"))},
     # the rotary embedding reads rope_parameters per layer type, the default is one flat dict
     "cohere_compass_text": {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 10000.0}}},
-    # DbrxAttention reads attn_config.rope_theta, which DbrxAttentionConfig does not declare (DBRX: 500000)
-    "dbrx": {"attn_config": {"rope_theta": 500000.0}},
+    # DbrxAttention reads attn_config.rope_theta, which DbrxAttentionConfig does not declare, and calls
+    # clamp(min=-clip_qkv, max=clip_qkv), which raises with the default None (DBRX: 500000 and 8)
+    "dbrx": {"attn_config": {"rope_theta": 500000.0, "clip_qkv": 8.0}},
     # validate_architecture: every layer type's num_key_value_heads equals num_attention_heads
     "dots3_note_text": {"num_key_value_heads": "num_attention_heads"},
 }
