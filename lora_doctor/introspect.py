@@ -109,7 +109,7 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
     from transformers.pytorch_utils import Conv1D
 
     config = config if config is not None else model.config
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = _global_view(config.get_text_config() if hasattr(config, "get_text_config") else config)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     head_path = next((n for n, m in model.named_modules() if head is not None and m is head), None)
     enc_dec = bool(getattr(config, "is_encoder_decoder", False))
@@ -166,8 +166,9 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
     kv = getattr(text, "num_key_value_heads", None)
     if kv is None:
         kv = 1 if getattr(text, "multi_query", False) and not getattr(text, "new_decoder_architecture", False) else num_heads
-    head_dim = int(getattr(text, "head_dim", None) or (hidden // max(num_heads, 1)))
-    inter = int(getattr(text, "intermediate_size", None) or getattr(text, "ffn_dim", None)
+    head_dim = int(getattr(text, "head_dim", None) or getattr(text, "dim_head", None) or (hidden // max(num_heads, 1)))
+    inter = int(_largest(getattr(text, "intermediate_size", None)) or getattr(text, "ffn_dim", None)
+                or getattr(text, "dim_ff", None)
                 or getattr(text, "n_inner", None) or 4 * hidden)
     spec = ArchSpec(
         model_type=config.model_type,
@@ -227,6 +228,27 @@ def load_dtype_buffer_params(model: Any, config: Any) -> int:
     except Exception:  # UnsupportedModelError: keep them at fp32
         return 0
     return int(sum(fp32[n] for n, b in other.named_buffers() if n in fp32 and b.dtype == torch.bfloat16))
+
+
+class _GlobalView:
+    """A heterogeneous config (``per_layer_config``: Gemma-4's global layers have their own head_dim)
+    refuses to give one value for a per-layer field; this view gives the global one, without
+    transformers' warning (the layers' own sizes are in the built model's linear families)."""
+
+    def __init__(self, config: Any) -> None:
+        self._config = config
+
+    def __getattr__(self, name: str) -> Any:
+        return self._config._getattr_without_heterogeneous_validation(name)
+
+
+def _global_view(config: Any) -> Any:
+    return _GlobalView(config) if getattr(config, "is_heterogeneous", False) else config
+
+
+def _largest(value: Any) -> Any:
+    """One size for a per-layer list (Gemma-3n's intermediate_size): the largest."""
+    return max(value) if isinstance(value, (list, tuple)) and value else value
 
 
 def bnb_converts(module: Any) -> bool:

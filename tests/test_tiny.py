@@ -1,0 +1,101 @@
+"""Tiny configs (lora_doctor.measure.tiny): every rule gives a config its class validates and its model
+builds, on the real config classes of the installed transformers (meta device, nothing allocated)."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoConfig
+
+from lora_doctor.measure.tiny import LAYERS, causal_lm_types, tiny_config
+from lora_doctor.models import resolve
+
+
+def _config(model_type: str):
+    fields = dict(tiny_config(model_type))
+    return AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+
+def _layer(config, i: int, name: str):
+    return getattr(config.per_layer_config[i], name)
+
+
+@pytest.mark.parametrize("model_type, field, value", [
+    ("ministral", "head_dim", 32),            # declared None, read as head_dim**-0.5
+    ("hunyuan_v1_dense", "head_dim", 32),
+    ("nemotron", "num_key_value_heads", 2),   # declared None, read as heads // kv heads
+    ("dots1", "n_routed_experts", 4),         # declared None, the experts' first dimension
+    ("dots1", "n_shared_experts", 1),
+    ("qwen4_exp_text", "indexer_budget", 128),
+])
+def test_sizes_the_class_leaves_none_but_its_model_needs_are_set(model_type, field, value):
+    assert getattr(_config(model_type), field) == value
+
+
+def test_sizes_whose_none_means_derived_or_off_stay_none():
+    assert "n_inner" not in tiny_config("gpt2")            # None: 4 * hidden
+    assert "sliding_window" not in tiny_config("qwen3")    # None: no sliding window
+    assert "q_lora_rank" not in tiny_config("sarvam_mla")  # None: no query compression
+
+
+def test_layer_counts_of_one_kind_keep_their_share_of_the_layers():
+    gemma3n = _config("gemma3n_text")  # 15 of 35 layers share another layer's KV cache
+    assert gemma3n.num_kv_shared_layers == round(15 * LAYERS / 35)
+    assert gemma3n.kv_sharing_modes.count("reuse") == gemma3n.num_kv_shared_layers
+    dory = _config("dory")             # input + recurrent + output layers = all layers
+    assert (dory.n_input_layers, dory.n_output_layers) == (1, 1)
+    assert dory.n_input_layers + dory.n_recurrent_layers + dory.n_output_layers == LAYERS
+    assert _config("deepseek_v3").num_nextn_predict_layers == 1
+
+
+def test_run_length_layer_pattern_covers_the_tiny_layers():
+    config = _config("gpt_neo")
+    assert config.attention_layers == ["global", "local"] * (LAYERS // 2)
+
+
+def test_mamba2_heads_tile_the_expanded_width():
+    config = _config("mamba2")
+    assert config.num_heads * config.head_dim == config.expand * config.hidden_size
+
+
+def test_heterogeneous_overrides_keep_their_ratio_per_layer_type():
+    gemma4 = _config("gemma4_text")    # full-attention layers: head_dim 512 where the others have 256
+    full = [i for i, t in enumerate(gemma4.layer_types) if t == "full_attention"]
+    sliding = [i for i, t in enumerate(gemma4.layer_types) if t == "sliding_attention"]
+    assert full and sliding
+    assert {_layer(gemma4, i, "head_dim") for i in full} == {2 * _layer(gemma4, sliding[0], "head_dim")}
+    dots3 = _config("dots3_note_text")  # sliding MLA layers: half the heads, head_dim = nope + rope
+    swa = dots3.layer_types.index("sliding_attention")
+    assert _layer(dots3, swa, "head_dim") == _layer(dots3, swa, "qk_nope_head_dim") + _layer(dots3, swa, "qk_rope_head_dim")
+    assert 2 * _layer(dots3, swa, "num_attention_heads") == _layer(dots3, 0, "num_attention_heads")
+
+
+def test_defaults_that_cannot_build_get_the_published_value():
+    assert _config("lfm2_moe").layer_types[:3] == ["conv", "conv", "full_attention"]
+    assert "full_attention" in _config("cohere_compass_text").rope_parameters
+    assert _config("dbrx").attn_config.rope_theta == 500000.0
+
+
+def test_decoder_only_classification():
+    assert tiny_config("dbrx")["ffn_config"]["moe_num_experts"] == 4  # parts of one decoder, sized too
+    assert _config("mpt").n_layers == LAYERS
+    assert tiny_config("cpmant") is not None
+    for wrapper in ("gemma3", "llama4", "qwen3_5", "blt", "bert", "bart"):
+        assert tiny_config(wrapper) is None, wrapper
+    assert {"dbrx", "mpt", "gemma4_text"} <= set(causal_lm_types())
+
+
+@pytest.mark.parametrize("model_type", ["gemma4_text", "gemma3n_text", "dots1", "dbrx", "gpt_neo", "lfm2_moe"])
+def test_tiny_models_build_and_introspect(model_type):
+    arch = resolve(tiny_config(model_type)).arch
+    assert arch.num_layers == LAYERS and arch.hidden_size == 128 and arch.total_params > 0
+
+
+def test_heterogeneous_layers_keep_their_own_linear_sizes():
+    arch = resolve(tiny_config("gemma4_text")).arch
+    q_outs = {f.out_features for f in arch.linear_families if f.name == "q_proj"}
+    assert q_outs == {4 * 32, 4 * 64}  # sliding layers head_dim 32, the full-attention layer 64
+
+
+def test_cpmant_sizes_under_their_own_names_are_tiny_and_read():
+    arch = resolve(tiny_config("cpmant")).arch  # CPM-Ant: dim_head and dim_ff
+    assert (arch.head_dim, arch.intermediate_size) == (32, 256)
