@@ -10,7 +10,10 @@ A step (after the first, so optimizer states exist) goes through three high-wate
 4. with trace-derived backward terms (:mod:`.layer_terms`), each decoder layer's backward, from the last:
    persistent state + the gradients made so far + the saved activations of the layers not yet done +
    what that layer's backward adds (incoming gradient, its own gradients, kernel scratch such as the
-   math SDPA path's ``[b, heads, s, s]`` gradients).
+   math SDPA path's ``[b, heads, s, s]`` gradients);
+5. with trace-derived forward terms, each decoder layer's forward, from the first: persistent state +
+   the saved activations of the layers before it + what its forward holds (its own saved tensors so far
+   and the transients it frees before returning: Qwen3-Next's chunked linear attention).
 
 Persistent state = weights + quantization state + adapters + optimizer states. The breakdown
 reported is the one of the phase with the highest total.
@@ -171,6 +174,15 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda") -> Phase
         activations = saved_i + first_term + outside + cache + recomputed + min(extra_i, 0.0)
         phases_bd["backward_layers"] = dict(base, gradients=int(grads_i[0]), activations=int(activations),
                                             logits_and_loss=0, temporaries=int(max(extra_i, 0.0)) + workspace)
+    if res is not None and res.forward:
+        layer_saved = [by_kind[k] for k in kinds]
+        if s.gradient_checkpointing:   # the checkpoints of the layers before; the grad-mode moment bounds the
+            layer_saved = [T * arch.hidden_size * dt.stream] * L   # no-grad forward from above
+        first_fwd = 0.0 if s.gradient_checkpointing else -T * est.first_layer_discount + res.term(res.first, T, seq)
+        held = _layer_forward(res, kinds, layer_saved, first_fwd, T, seq)
+        cache = _autocast_weight_cache(arch, s, dt) if not res.autocast else 0
+        phases_bd["forward_layers"] = dict(base, gradients=0, activations=int(held + outside + cache),
+                                           logits_and_loss=0, temporaries=dequant + workspace)
     totals = {name: sum(bd.values()) for name, bd in phases_bd.items()}
     phase = max(totals, key=totals.__getitem__)
     notes = list(pers.notes)
@@ -198,6 +210,18 @@ def _layer_backward(res: layer_terms.Residual, kinds: list[int], layer_saved: li
         grads += (params[k] if k < len(params) else 0.0) * grad_bytes
     assert best is not None
     return best[1], best[2], best[3]
+
+
+def _layer_forward(res: layer_terms.Residual, kinds: list[int], layer_saved: list[float], first: float,
+                   T: int, seq: int) -> float:
+    """The highest layer forward, walking from the first layer: saved bytes of the layers before it
+    (layer 0's with its ``first`` correction) + what its forward holds."""
+    best, below = 0.0, 0.0
+    for i, k in enumerate(kinds):
+        terms = res.forward_first if i == 0 else (res.forward[k] if k < len(res.forward) else ())
+        best = max(best, below + res.highest(terms, T, seq))
+        below += layer_saved[i] + (first if i == 0 else 0.0)
+    return best
 
 
 PERSISTENT_TERMS = ("weights", "quantization_state", "adapters", "optimizer_states")

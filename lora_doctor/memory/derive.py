@@ -28,7 +28,7 @@ from ..arch import ArchSpec
 from ..plan_types import PlanSettings
 from . import layer_terms
 from .analytic import recipe_regions
-from .moments import backward_terms, check_shape, solve as _solve
+from .moments import backward_terms, check_shape, forward_terms, solve as _solve
 from .targets import FALLBACK_TARGETS
 
 # S of the traced shapes (batch, seq): (1, S), (2, S), (1, 2S), (2, 2S). At 64, a per-token fp32 scalar
@@ -224,7 +224,8 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
     wkinds = _renumber(kinds[:n])
     check = check_shape(_window_of(window.arch), seq)
     shapes = ((1, seq), (2, seq), (1, 2 * seq), (2, 2 * seq), check)
-    samples, trainable, excess = _saved_by_region(window, replace(s, gradient_checkpointing=False), shapes, device, n)
+    samples, trainable, excess, forward = _saved_by_region(window, replace(s, gradient_checkpointing=False), shapes,
+                                                           device, n)
     samples = samples[:4]   # the fifth shape only checks the backward moments (moments.check_shape)
     regions = {r for smp in samples for r in smp}
     solved = {r: _solve([smp.get(r, 0.0) for smp in samples], seq) for r in regions}
@@ -252,7 +253,8 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
             "outside": list(_sub(solved.get("outside", zero), recipe["outside"])),
             "logits": list(_sub(solved.get("logits", zero), recipe["logits"])),
             "trainable": [0.0] * len(extra) if s.mode == "full" else extra,
-            "backward": backward_terms(excess, trainable, seq, check, n, kinds, wkinds, to_model)}
+            "backward": backward_terms(excess, trainable, seq, check, n, kinds, wkinds, to_model),
+            "forward": forward_terms(forward, seq, check, n, kinds, wkinds, to_model)}
 
 
 def _sub(x: tuple, y: tuple) -> tuple[float, float, float]:
@@ -275,10 +277,11 @@ def _region(path: str, prefix: str | None, num_layers: int) -> str:
 
 
 def _saved_by_region(resolved: Any, s: PlanSettings, shapes: tuple, device: str, num_layers: int
-                     ) -> tuple[list[dict[str, float]], dict[str, int], list[dict[int, tuple[list[float], tuple[str, ...]]]]]:
+                     ) -> tuple[list[dict[str, float]], dict[str, int], list[dict], list[dict]]:
     """Per shape, bytes alive at the start of backward (saved for it) by region (layer<i>, outside,
-    logits); trainable parameters by region; and per shape, what each layer's backward adds beyond the
-    saved bytes of layers ``<= i`` and outside the layers and the gradients made before it."""
+    logits); trainable parameters by region; per shape, what each layer's backward adds beyond the
+    saved bytes of layers ``<= i`` and outside the layers and the gradients made before it; and per
+    shape, what each layer's forward holds beyond the saved bytes of layers ``< i`` and outside."""
     from ..trace.profile import saved_at_backward_start
 
     per_shape, layers_prefix, params = saved_at_backward_start(resolved, s, shapes, foreach=device == "cuda",
@@ -287,8 +290,8 @@ def _saved_by_region(resolved: Any, s: PlanSettings, shapes: tuple, device: str,
     for name, numel in params.items():
         region = _region(name, layers_prefix, num_layers)
         trainable[region] = trainable.get(region, 0) + numel
-    samples, excess = [], []
-    for records, layer_backwards in per_shape:
+    samples, excess, forward = [], [], []
+    for records, layer_backwards, layer_forwards in per_shape:
         out: dict[str, float] = {}
         for rec in records:
             if rec.category in PERSISTENT or rec.op == "register":
@@ -296,7 +299,11 @@ def _saved_by_region(resolved: Any, s: PlanSettings, shapes: tuple, device: str,
             region = "logits" if rec.category == "logits_and_loss" else _region(rec.module, layers_prefix, num_layers)
             out[region] = out.get(region, 0.0) + rec.nbytes
         samples.append(out)
-        excess.append({lb.layer: ([v - lb.gradients - out.get("outside", 0.0)
-                                   - sum(out.get(f"layer{j}", 0.0) for j in range(lb.layer + 1)) for v in lb.curve],
-                                  lb.ops) for lb in layer_backwards})
-    return samples, trainable, excess
+
+        def below(i: int) -> float:   # saved by the outside region and the layers before layer i
+            return out.get("outside", 0.0) + sum(out.get(f"layer{j}", 0.0) for j in range(i))
+
+        excess.append({lb.layer: ([v - lb.gradients - below(lb.layer + 1) for v in lb.curve], lb.ops)
+                       for lb in layer_backwards})
+        forward.append({lf.layer: ([v - below(lf.layer) for v in lf.curve], lf.ops) for lf in layer_forwards})
+    return samples, trainable, excess, forward

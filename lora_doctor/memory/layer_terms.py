@@ -24,12 +24,15 @@ Stored in :attr:`ArchSpec.derived` (the catalog ships them, so catalog plans sta
                                  "backward": {"layers": [[[a, q, e, c], ...], ...],  # per kind, absolute:
                                               "first": [[a, q, e, c], ...],  # what its backward adds at
                                               "params": [per kind],          # each moment; params per kind
-                                              "loss": [[a, q, e, c], ...]}}}}  # the loss and head backward
+                                              "loss": [[a, q, e, c], ...]},  # the loss and head backward
+                                 "forward": {"layers": [...], "first": [...]}}}}  # what its forward holds
 
 ``backward`` (optional; classes derived before it have none and plan without that phase) is what one
 layer's backward adds on top of the saved activations of the layers not yet done and the gradients
 already made: the incoming gradient, the layer's own gradients, the kernels' scratch. The engine's
-``backward_layers`` phase walks the layers from the last with it.
+``backward_layers`` phase walks the layers from the last with it. ``forward`` (optional, the same
+shape without ``loss`` and ``params``) is what one layer's forward holds on top of the saved activations
+of the layers before it; the ``forward_layers`` phase walks the layers from the first with it.
 
 A model with a sliding window has two regimes (sequences up to the window, and longer ones, where
 transformers builds explicit masks), derived and stored separately (``:long`` class keys).
@@ -142,6 +145,9 @@ class Residual:
     backward_first: tuple[Term, ...] = ()        # the same for layer 0
     layer_params: tuple[float, ...] = ()   # trainable parameters per layer kind (their gradients)
     backward_loss: tuple[Term, ...] = ()   # the loss and head backward: beyond the saved activations
+    forward: tuple[tuple[Term, ...], ...] = ()   # per layer kind: what its forward holds at each of its
+                                                 # undominated moments beyond the layers before it
+    forward_first: tuple[Term, ...] = ()         # the same for layer 0
 
     def term(self, t: Term, tokens: int, seq: int) -> float:
         a, q, e, c = t
@@ -171,12 +177,14 @@ class Residual:
         def term(t: list) -> Term:
             return tuple((list(t) + [0.0] * 4)[:4])  # type: ignore[return-value]
 
-        bw = data.get("backward") or {}
+        bw, fw = data.get("backward") or {}, data.get("forward") or {}
         return cls(tuple(term(t) for t in data["layers"]), term(data["first"]), term(data["outside"]),
                    term(data["logits"]), tuple(kinds), tuple(data.get("trainable", ())), scale, key, only_adds,
                    tuple(tuple(term(t) for t in kind) for kind in bw.get("layers", ())),
                    tuple(term(t) for t in bw.get("first", ())), tuple(bw.get("params", ())),
-                   tuple(term(t) for t in bw.get("loss", ())))
+                   tuple(term(t) for t in bw.get("loss", ())),
+                   tuple(tuple(term(t) for t in kind) for kind in fw.get("layers", ())),
+                   tuple(term(t) for t in fw.get("first", ())))
 
 
 # Derives terms for an arch built from a config (set by lora_doctor.introspect; imports torch).

@@ -1,4 +1,4 @@
-"""What each decoder layer's backward adds on top of the saved activations, as moments (no torch).
+"""What each decoder layer's backward (and forward) adds on top of the saved activations, as moments (no torch).
 
 A layer's backward is a sequence of ops; after each allocation the bytes alive, minus the saved
 activations of the layers not yet done and the gradients already made, is one *moment*. Traced at
@@ -46,22 +46,42 @@ def backward_terms(excess: list[dict[int, Curve]], trainable: dict[str, int], se
     (per-token tensors at short sequences, ``[b, heads, s, s]`` ones at long): each moment is solved
     in the (a, q, e, c) basis on its own (the op sequence is the same at every shape) and the moments
     no other one dominates are kept; the engine takes the highest at the planned shape."""
+    out = _per_kind(excess, seq, check, n, kinds, wkinds, to_model)
+    if out is None:
+        return None
+    params: dict[int, list] = {}
+    for i in range(n):
+        params.setdefault(to_model[wkinds[i]], []).append(trainable.get(f"layer{i}", 0))
+    loss = _envelope([e[n] for e in excess], seq, check) if all(n in e for e in excess) else []
+    return dict(out, loss=[list(t) for t in loss],
+                params=[sum(params[k]) / len(params[k]) if params.get(k) else 0.0 for k in range(max(kinds) + 1)])
+
+
+def forward_terms(excess: list[dict[int, Curve]], seq: int, check: tuple[int, int], n: int, kinds: list[int],
+                  wkinds: list[int], to_model: dict[int, int]) -> dict | None:
+    """What one layer's forward holds on top of the saved activations of the layers before it (and of
+    the outside region), per layer kind, as undominated moments like :func:`backward_terms`: its own
+    saved tensors so far plus what it frees before it returns. Most layers peak at their end (then the
+    moment is just their saved bytes); a layer whose forward makes large transients does not (the torch
+    chunked gated-delta rule of Qwen3-Next's linear attention builds per-chunk tensors it frees), and
+    where the layers after it save less, the forward of the last such layer is the step's peak."""
+    return _per_kind(excess, seq, check, n, kinds, wkinds, to_model)
+
+
+def _per_kind(excess: list[dict[int, Curve]], seq: int, check: tuple[int, int], n: int, kinds: list[int],
+              wkinds: list[int], to_model: dict[int, int]) -> dict | None:
+    """Each window layer's undominated moments, grouped by the model's layer kinds (layers ``>= 1``;
+    layer 0's kind from layer 0 when it appears nowhere else), and layer 0's own."""
     if not excess or any(any(i not in e for i in range(n)) for e in excess):  # a layer not seen: recipe only
         return None
     solved = {i: _envelope([e[i] for e in excess], seq, check) for i in range(n)}
     per_kind: dict[int, list] = {}
-    params: dict[int, list] = {}
-    for i in range(n):
-        params.setdefault(to_model[wkinds[i]], []).append(trainable.get(f"layer{i}", 0))
-        if i >= 1:
-            per_kind.setdefault(to_model[wkinds[i]], []).extend(solved[i])
+    for i in range(1, n):
+        per_kind.setdefault(to_model[wkinds[i]], []).extend(solved[i])
     if kinds[0] not in per_kind:
         per_kind[kinds[0]] = list(solved[0])
-    loss = _envelope([e[n] for e in excess], seq, check) if all(n in e for e in excess) else []
     return {"layers": [[list(t) for t in _undominated(per_kind.get(k, []))] for k in range(max(kinds) + 1)],
-            "loss": [list(t) for t in loss],
-            "first": [list(t) for t in solved[0]],
-            "params": [sum(params[k]) / len(params[k]) if params.get(k) else 0.0 for k in range(max(kinds) + 1)]}
+            "first": [list(t) for t in solved[0]]}
 
 
 def check_shape(w: int, seq: int) -> tuple[int, int]:

@@ -1,13 +1,14 @@
 """What autograd saved: the storages alive when backward starts, from one traced forward pass;
-optionally, what each decoder layer's backward adds on top (:class:`LayerBackward`).
+optionally, the bytes alive while each decoder layer's forward and backward run (:class:`LayerPass`).
 
 Used by :mod:`lora_doctor.memory.derive` to attribute saved activations to layers. Same model,
 same fake tensors and same patches as :func:`lora_doctor.trace.trace_step`; without ``backward``
 only the forward pass runs (its end is all that is read), which halves the cost.
 
-A layer's backward starts when the gradient of its output arrives (a tensor hook: no change to the
-graph or to what it saves) and ends when the next layer's starts, or when the gradient of layer 0's
-input arrives (the end of backward when the embeddings do not train).
+A layer's forward runs from its forward pre-hook to its forward hook (its first call). Its backward
+starts when the gradient of its output arrives (a tensor hook: no change to the graph or to what it
+saves) and ends when the next layer's starts, or when the gradient of layer 0's input arrives (the end
+of backward when the embeddings do not train).
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from .patches import quiet_third_party, real_batch_decisions
 
 
 @dataclass(frozen=True)
-class LayerBackward:
-    """One decoder layer's backward in a traced step (bytes of non-persistent storages)."""
+class LayerPass:
+    """One decoder layer's backward (or forward) in a traced step (bytes of non-persistent storages)."""
 
-    layer: int               # the number of layers: the loss and the head, before the last layer
+    layer: int               # backward: the number of layers stands for the loss and the head, before the last layer
     curve: tuple[int, ...]   # bytes alive when it starts and after each allocation while it runs
     gradients: int           # parameter gradients already made when it starts (layers after it, the head)
     ops: tuple[str, ...] = ()   # the op behind each point of the curve ("" for the start)
@@ -48,7 +49,8 @@ def saved_at_backward_start(resolved: ResolvedModel, settings: PlanSettings,
     """For each (batch, seq) shape: the storages alive after one forward pass. Also the module path
     of the decoder layer list and the trainable parameters by name. The model is built once.
 
-    With ``backward`` each shape's entry is ``(alive, [LayerBackward, ...])``: backward runs too."""
+    With ``backward`` each shape's entry is ``(alive, [LayerPass, ...] of the backwards, [LayerPass, ...] of
+    the forwards)``: backward runs too."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from .run import _empty
@@ -63,7 +65,7 @@ def saved_at_backward_start(resolved: ResolvedModel, settings: PlanSettings,
             layers = built.model.get_submodule(prefix) if (backward and prefix is not None) else None
             alive = [_forward(built, settings, batch, seq, foreach, layers) for batch, seq in shapes]
     if backward and layers is None:  # no decoder layer list found: no layer to time
-        alive = [(records, []) for records in alive]
+        alive = [(records, [], []) for records in alive]
     return alive, prefix, trainable
 
 
@@ -84,9 +86,11 @@ def _forward(built: Any, settings: PlanSettings, batch_size: int, seq_len: int, 
     timeline.register(batch.values(), "inputs")
     amp = dtype_of(settings.mixed_precision) if settings.mixed_precision else None
     marks: list[tuple[int, int]] = []   # (event index, layer whose backward starts; -1: layer 0's ends)
+    spans: dict[int, list[int]] = {}    # layer -> [event index where its forward starts, where it ends]
     with real_batch_decisions(cuda_kernels=foreach), timeline, \
             module_scope(built.model, lambda name: setattr(timeline, "module", name)), \
-            _layer_marks(layers, lambda i: marks.append((len(timeline.events), i))):
+            _layer_marks(layers, lambda i: marks.append((len(timeline.events), i)),
+                         lambda i: spans.setdefault(i, []).append(len(timeline.events))):
         timeline.set_phase("forward")
         with torch.autocast("cpu", dtype=amp) if amp is not None else nullcontext():
             loss = built.model(**batch).loss
@@ -103,7 +107,7 @@ def _forward(built: Any, settings: PlanSettings, batch_size: int, seq_len: int, 
              if id(p.grad.untyped_storage()) in timeline._live}
     for p in params:
         p.grad = None
-    return alive, _layer_backwards(timeline, marks + [(start, len(layers))], grads)
+    return alive, _layer_backwards(timeline, marks + [(start, len(layers))], grads), _layer_forwards(timeline, spans)
 
 
 def _alive(timeline: StorageTimeline, upto: int) -> list[StorageRecord]:
@@ -117,8 +121,9 @@ def _alive(timeline: StorageTimeline, upto: int) -> list[StorageRecord]:
 
 
 @contextmanager
-def _layer_marks(layers: Any, mark: Any) -> Iterator[None]:
-    """Call ``mark(i)`` when the gradient of layer ``i``'s output arrives, ``mark(-1)`` for layer 0's input."""
+def _layer_marks(layers: Any, mark: Any, forward_mark: Any = None) -> Iterator[None]:
+    """Call ``mark(i)`` when the gradient of layer ``i``'s output arrives, ``mark(-1)`` for layer 0's input;
+    ``forward_mark(i)`` when layer ``i``'s forward starts and when it returns."""
     if layers is None:
         yield
         return
@@ -137,6 +142,10 @@ def _layer_marks(layers: Any, mark: Any) -> Iterator[None]:
 
     handles = [layer.register_forward_hook(on_output(i), with_kwargs=True) for i, layer in enumerate(layers)]
     handles.append(layers[0].register_forward_pre_hook(on_input, with_kwargs=True))
+    if forward_mark is not None:
+        for i, layer in enumerate(layers):
+            handles.append(layer.register_forward_pre_hook(lambda *_, i=i: forward_mark(i)))
+            handles.append(layer.register_forward_hook(lambda *_, i=i: forward_mark(i)))
     try:
         yield
     finally:
@@ -144,7 +153,7 @@ def _layer_marks(layers: Any, mark: Any) -> Iterator[None]:
             h.remove()
 
 
-def _layer_backwards(timeline: StorageTimeline, marks: list[tuple[int, int]], grads: set[int]) -> list[LayerBackward]:
+def _layer_backwards(timeline: StorageTimeline, marks: list[tuple[int, int]], grads: set[int]) -> list[LayerPass]:
     """Replay the log: per layer, the non-persistent bytes alive while its backward runs, and the
     parameter gradients alive when it starts."""
     records, events = timeline.records, timeline.events
@@ -163,7 +172,27 @@ def _layer_backwards(timeline: StorageTimeline, marks: list[tuple[int, int]], gr
                 ops.append(records[ev].op)
         pos = end
         if layer >= 0:
-            out.append(LayerBackward(layer, tuple(curve), start_grads, tuple(ops)))
+            out.append(LayerPass(layer, tuple(curve), start_grads, tuple(ops)))
+    return out
+
+
+def _layer_forwards(timeline: StorageTimeline, spans: dict[int, list[int]]) -> list[LayerPass]:
+    """Replay the log: per layer, the non-persistent bytes alive while its (first) forward runs."""
+    records, events = timeline.records, timeline.events
+    firsts = sorted((marks[0], marks[1], layer) for layer, marks in spans.items() if len(marks) >= 2)
+    out = []
+    current = pos = 0
+    for at, end, layer in firsts:
+        for ev in events[pos:at]:
+            current, _ = _step(records, ev, current, 0, set())
+        curve, ops = [current], [""]
+        for ev in events[at:end]:
+            current, _ = _step(records, ev, current, 0, set())
+            if ev >= 0:
+                curve.append(current)
+                ops.append(records[ev].op)
+        pos = end
+        out.append(LayerPass(layer, tuple(curve), 0, tuple(ops)))
     return out
 
 
