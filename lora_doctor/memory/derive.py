@@ -28,7 +28,7 @@ from ..arch import ArchSpec
 from ..plan_types import PlanSettings
 from . import layer_terms
 from .analytic import recipe_regions
-from .moments import backward_terms, check_shape, forward_terms, solve as _solve
+from .moments import backward_terms, check_shape, fit as _fit, forward_terms
 from .targets import FALLBACK_TARGETS
 
 # S of the traced shapes (batch, seq): (1, S), (2, S), (1, 2S), (2, 2S). At 64, a per-token fp32 scalar
@@ -217,7 +217,7 @@ def _renumber(kinds: list[int]) -> list[int]:
 
 
 def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: int) -> dict:
-    """Trace the window at the four shapes, solve each region for (a, q, e, c), subtract the recipe."""
+    """Trace the window at the five shapes, fit each region (:func:`.moments.fit`), subtract the recipe."""
     from .analytic import recipe_trainable
 
     n = window.arch.num_layers
@@ -226,11 +226,10 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
     shapes = ((1, seq), (2, seq), (1, 2 * seq), (2, 2 * seq), check)
     samples, trainable, excess, forward = _saved_by_region(window, replace(s, gradient_checkpointing=False), shapes,
                                                            device, n)
-    samples = samples[:4]   # the fifth shape only checks the backward moments (moments.check_shape)
-    regions = {r for smp in samples for r in smp}
-    solved = {r: _solve([smp.get(r, 0.0) for smp in samples], seq) for r in regions}
+    regions = {r for smp in samples for r in smp}   # the fifth shape checks the fits (moments.fit)
+    solved = {r: _fit([smp.get(r, 0.0) for smp in samples], seq, check) for r in regions}
     recipe = recipe_regions(window.arch, replace(s, batch_size=1, seq_len=seq), device)
-    zero = (0.0, 0.0, 0.0, 0.0)
+    zero = (0.0, 0.0, 0.0, 0.0, 0.0)
     to_model = {wk: k for wk, k in zip(wkinds, kinds[:n])}  # window kind ids -> the model's
     layers: dict[int, list] = {}
     for i in range(1, n):
@@ -257,12 +256,13 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
             "forward": forward_terms(forward, seq, check, n, kinds, wkinds, to_model)}
 
 
-def _sub(x: tuple, y: tuple) -> tuple[float, float, float]:
-    return tuple(float(i) - float(j) for i, j in zip(x, y))  # type: ignore[return-value]
+def _sub(x: tuple, y: tuple) -> tuple[float, ...]:
+    pad = (0.0,) * 5
+    return tuple(float(i) - float(j) for i, j in zip((tuple(x) + pad)[:5], (tuple(y) + pad)[:5]))
 
 
-def _mean(terms: list) -> tuple[float, float, float, float]:
-    return tuple(sum(t[i] for t in terms) / len(terms) for i in range(4))  # type: ignore[return-value]
+def _mean(terms: list) -> tuple[float, ...]:
+    return tuple(sum(t[i] for t in terms) / len(terms) for i in range(5))
 
 
 _LAYER_INDEX = re.compile(r"\.(\d+)(?:\.|$)")

@@ -6,11 +6,14 @@ mixes, config dropouts, masks built for sliding windows), so :mod:`lora_doctor.m
 traces a few layers of the real model code at full width and stores, for each region, what the
 trace saved minus what the recipe predicted, in the basis the engine extrapolates with::
 
-    bytes(region) = a * tokens + q * tokens * seq_len + e * seq_len + c
+    bytes(region) = a * tokens + q * tokens * seq_len + e * seq_len + c + p * batch
 
 ``a`` per token, ``q`` per token per key position (eager scores, sliding-window masks), ``e`` per
 sequence position independent of the batch (rope tables), ``c`` per step (weight-sized tensors,
-e.g. the merged delta of peft's LoRA on fused MoE expert parameters). Regions: each *layer kind* (layers that
+e.g. the merged delta of peft's LoRA on fused MoE expert parameters), ``p`` per sequence independent
+of its length (the recurrent state of linear attention and state-space layers). Four traced shapes
+fix four coefficients: a region has ``q`` or ``p``, whichever predicts a fifth shape
+(:func:`.moments.fit`); terms stored with four coefficients have no ``p``. Regions: each *layer kind* (layers that
 share a structure, e.g. dense and MoE layers of Qwen3-MoE), the first layer (whose input needs no
 gradient under LoRA), everything outside the layers, and the logits.
 
@@ -57,8 +60,8 @@ from .tables import DTYPE_BYTES
 from .targets import FALLBACK_TARGETS, normalize_targets, targeted_families
 
 VERSION = 2
-Term = tuple[float, float, float, float]   # (a, q, e, c), see the module docstring
-ZERO: Term = (0.0, 0.0, 0.0, 0.0)
+Term = tuple[float, float, float, float, float]   # (a, q, e, c, p), see the module docstring
+ZERO: Term = (0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 # Config fields after which longer sequences take another attention path: sliding windows, and
@@ -150,8 +153,8 @@ class Residual:
     forward_first: tuple[Term, ...] = ()         # the same for layer 0
 
     def term(self, t: Term, tokens: int, seq: int) -> float:
-        a, q, e, c = t
-        value = self.scale * (a * tokens + q * tokens * seq + e * seq + c)
+        a, q, e, c, p = t
+        value = self.scale * (a * tokens + q * tokens * seq + e * seq + c + p * tokens / max(seq, 1))
         return max(value, 0.0) if self.only_adds else value
 
     def highest(self, terms: tuple[Term, ...], tokens: int, seq: int) -> float:
@@ -175,7 +178,7 @@ class Residual:
     def from_dict(cls, data: dict, kinds: list[int], scale: float = 1.0, key: str = "",
                   only_adds: bool = False) -> "Residual":
         def term(t: list) -> Term:
-            return tuple((list(t) + [0.0] * 4)[:4])  # type: ignore[return-value]
+            return tuple((list(t) + [0.0] * 5)[:5])  # type: ignore[return-value]
 
         bw, fw = data.get("backward") or {}, data.get("forward") or {}
         return cls(tuple(term(t) for t in data["layers"]), term(data["first"]), term(data["outside"]),

@@ -3,7 +3,8 @@
 A layer's backward is a sequence of ops; after each allocation the bytes alive, minus the saved
 activations of the layers not yet done and the gradients already made, is one *moment*. Traced at
 several (batch, seq) shapes (:mod:`lora_doctor.memory.derive`), each moment is solved in the basis of
-:mod:`.layer_terms` (``a * tokens + q * tokens * seq + e * seq + c``); the peak at a planned shape is
+:mod:`.layer_terms` (``a * tokens + q * tokens * seq + e * seq + c``, or ``p * batch`` in place of ``q``:
+:func:`fit`); the peak at a planned shape is
 the highest moment there, because which moment peaks depends on the shape (per-token tensors at short
 sequences, ``[b, heads, s, s]`` ones at long).
 """
@@ -12,22 +13,51 @@ from __future__ import annotations
 
 import difflib
 
-Term = tuple[float, float, float, float]
+Term = tuple[float, float, float, float, float]
 
 
 def solve(v: list[float], seq: int) -> Term:
-    """(a, q, e, c) from bytes at (1, S), (2, S), (1, 2S), (2, 2S) for a*b*s + q*b*s^2 + e*s + c."""
+    """(a, q, e, c, 0) from bytes at (1, S), (2, S), (1, 2S), (2, 2S) for a*b*s + q*b*s^2 + e*s + c."""
     A, B, C, D = v
     S = float(seq)
     q = ((D - C) - 2 * (B - A)) / (2 * S * S)
     a = (B - A) / S - q * S
     e = (C - A) / S - a - 3 * q * S
     c = A - a * S - q * S * S - e * S
-    return (a, q, e, c)
+    return (a, q, e, c, 0.0)
 
 
-def _mean(terms: list) -> Term:
-    return tuple(sum(t[i] for t in terms) / len(terms) for i in range(4))  # type: ignore[return-value]
+def solve_per_sequence(v: list[float], seq: int) -> Term:
+    """(a, 0, e, c, p) from the same four shapes for a*b*s + e*s + c + p*b: a per-sequence term instead of
+    the quadratic one (a recurrent state per sequence, e.g. linear attention's ``[b, heads, dk, dv]``)."""
+    A, B, C, D = v
+    S = float(seq)
+    aS = (D - C) - (B - A)
+    p = (B - A) - aS
+    eS = (C - A) - aS
+    return (aS / S, 0.0, eS / S, A - aS - eS - p, p)
+
+
+def value(term: Term, batch: int, seq: int) -> float:
+    """Bytes of ``term`` at (batch, seq)."""
+    a, q, e, c, p = (tuple(term) + (0.0,) * 5)[:5]
+    return a * batch * seq + q * batch * seq * seq + e * seq + c + p * batch
+
+
+def fit(v: list[float], seq: int, check: tuple[int, int]) -> Term:
+    """A term from the four shapes (``v[:4]``), quadratic in the sequence (attention scores, masks) or with
+    a per-sequence term instead (recurrent states): the one nearer the check shape's bytes (``v[4]``),
+    the quadratic one on a tie or without a check value. (A per-sequence state read as quadratic has
+    ``q = -p / (2 S^2)``: exact at the four shapes, -2p per sequence at 4S, and worse beyond.)"""
+    quadratic = solve(v[:4], seq)
+    if len(v) < 5:
+        return quadratic
+    per_seq = solve_per_sequence(v[:4], seq)
+    miss = abs(value(per_seq, *check) - v[4]) - abs(value(quadratic, *check) - v[4])
+    return per_seq if miss < -_ROUNDING else quadratic
+
+
+_ROUNDING = 512.0   # the allocator's granularity: a closer fit by less is no evidence
 
 
 Curve = tuple[list[float], tuple[str, ...]]   # bytes at each moment, and the op behind each
@@ -110,11 +140,11 @@ def _envelope(curves: list[Curve], seq: int,
             for j in range(block.size):
                 pairs[block.a + j] = values[block.b + j]
         matched = {i: vs + [pairs[i]] for i, vs in matched.items() if i in pairs}
-    kept = [term for vs in matched.values() if _predicts((term := solve(vs[:4], seq)), vs[4], seq, check)]
+    kept = [term for vs in matched.values() if _predicts((term := fit(vs, seq, check)), vs[4], seq, check)]
     peaks = [max(values) for values, _ in curves]
     covered = [max((vs[k] for vs in matched.values()), default=0.0) for k in range(len(curves))]
     if any(c < p - _tolerance(p) for c, p in zip(covered, peaks)) or not kept:
-        term = solve(peaks[:4], seq)
+        term = fit(peaks, seq, check)
         if _predicts(term, peaks[4], seq, check) or not kept:
             kept.append(term)
     return _undominated(kept)
@@ -127,17 +157,15 @@ def _tolerance(measured: float) -> float:
 
 def _predicts(term: Term, measured: float, seq: int, check: tuple[int, int]) -> bool:
     """Whether ``term`` gives the bytes measured at the check shape."""
-    b, s = check
-    a, q, e, c = term
-    return abs(a * b * s + q * b * s * s + e * s + c - measured) <= _tolerance(measured)
+    return abs(value(term, *check) - measured) <= _tolerance(measured)
 
 
 def _undominated(terms: list) -> list[Term]:
     """Terms not below another in every coefficient (the basis' features are all >= 0)."""
-    terms = sorted({tuple(round(x, 6) for x in t) for t in terms}, reverse=True)
+    terms = sorted({tuple(round(x, 6) for x in (tuple(t) + (0.0,) * 5)[:5]) for t in terms}, reverse=True)
     kept: list[Term] = []
     for t in terms:
-        if not any(all(k[j] >= t[j] for j in range(4)) for k in kept):
+        if not any(all(k[j] >= t[j] for j in range(5)) for k in kept):
             kept.append(t)  # type: ignore[arg-type]
     return kept
 
