@@ -190,7 +190,8 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
         default_targets=default_lora_targets(config.model_type),
         num_experts=int(getattr(text, "num_local_experts", 0) or getattr(text, "num_experts", 0) or 0),
         experts_per_token=int(getattr(text, "num_experts_per_tok", 0) or 0),
-        extra=dict(_extra_fields(text), **({"non_tensor_linears": bad} if (bad := non_tensor_linears(model)) else {})),
+        extra=dict(_extra_fields(text), **({"non_tensor_linears": bad} if (bad := non_tensor_linears(model)) else {}),
+                   **({"peft_refused_linears": no} if (no := peft_refused_linears(model)) else {})),
         towers=towers,
         buffer_bytes=int(sum(b.numel() * b.element_size() for b in model.buffers())),
     )
@@ -256,6 +257,29 @@ def non_tensor_linears(model: Any) -> list[str]:
         if isinstance(module, nn.Linear) and verdict[type(module)] is False:
             names.add(path.rsplit(".", 1)[-1])
     return sorted(names)
+
+
+def peft_refused_linears(model: Any) -> list[str]:
+    """Names (last path component) of linear layers peft's LoRA refuses for this model type, asked of peft
+    itself: peft 0.21's ``get_peft_model`` raises "Module 'out_proj' is incompatible with Mamba-based models"
+    for the Mamba mixers' ``out_proj`` of mamba, mamba2, falcon_mamba, falcon_h1 and nemotron_h, and
+    ``"all-linear"`` selects it (no exclusion of its own)."""
+    import torch.nn as nn
+
+    try:
+        from peft import LoraConfig
+        from peft.tuners.tuners_utils import _check_lora_target_modules_mamba as refuses
+    except ImportError:  # a peft without the check: nothing refused
+        return []
+    config = LoraConfig(target_modules="all-linear")
+    names = {path.rsplit(".", 1)[-1] for path, m in model.named_modules() if isinstance(m, nn.Linear)}
+    out = []
+    for name in sorted(names):
+        try:
+            refuses(config, model, name)
+        except ValueError:
+            out.append(name)
+    return out
 
 
 def _extra_fields(text: Any) -> dict:
