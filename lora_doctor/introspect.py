@@ -288,7 +288,7 @@ def _extra_fields(text: Any) -> dict:
             "resid_pdrop", "embd_pdrop", "dropout", "attention_probs_dropout_prob", "hidden_dropout_prob",
             "parallel_attn", "new_decoder_architecture", "alibi", "sliding_window", "attention_chunk_size",
             "final_logit_softcapping", "attn_logit_softcapping", "word_embed_proj_dim", "do_layer_norm_before",
-            "max_position_embeddings", "n_positions")
+            "max_position_embeddings", "n_positions", "mamba_chunk_size", "chunk_size")
     out = {}
     for k in keys:
         v = getattr(text, k, None)

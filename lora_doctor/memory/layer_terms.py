@@ -76,6 +76,18 @@ def window_of(arch: ArchSpec) -> int:
     return min(found, default=0)
 
 
+# Config fields of the chunk length state-space mixers pad the sequence to (Mamba-2's torch path in Bamba,
+# GraniteMoE-hybrid, Falcon-H1, Nemotron-H): their memory is a step function of the sequence length.
+CHUNK_FIELDS = ("mamba_chunk_size", "chunk_size")
+
+
+def chunk_of(arch: ArchSpec) -> int:
+    """The chunk length of ``arch``'s state-space mixers (0: none)."""
+    found = [c for c in (arch.extra.get(f) for f in CHUNK_FIELDS)
+             if isinstance(c, int) and not isinstance(c, bool) and c > 0]
+    return max(found, default=0)
+
+
 def long_regime(arch: ArchSpec, seq_len: int) -> bool:
     """Sequences longer than the sliding window (or attention chunk) take another code path (explicit masks)."""
     window = window_of(arch)
