@@ -110,13 +110,14 @@ def _window_of(arch: ArchSpec) -> int:
 
 
 def _seq_for(arch: ArchSpec, long: bool) -> int:
-    """S for a regime: all four shapes within the sliding window, or all beyond it. Without a window, a
-    multiple of the chunk that state-space mixers pad to (Bamba's 256: at S = 128 the shapes' 128 and 256
-    both pad to one chunk, and the fit saw no growth with the sequence: -51% at seq 512)."""
+    """S for a regime: all four shapes within the sliding window, or all beyond it. Without a window, at
+    least two of the chunks that state-space mixers pad to, in whole chunks (Bamba's 256: at S = 128 the
+    shapes' 128 and 256 both pad to one chunk, and the fit saw no growth with the sequence, -51% at seq
+    512; a single chunk at batch 1 skips ops that every longer input runs)."""
     w = _window_of(arch)
     if not w:
         chunk = layer_terms.chunk_of(arch)
-        return -(-SEQ // chunk) * chunk if chunk else SEQ
+        return max(-(-SEQ // chunk), 2) * chunk if chunk else SEQ
     return w + SEQ if long else max(min(SEQ, w // 2), 8)
 
 
@@ -230,7 +231,7 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
     samples, trainable, excess, forward = _saved_by_region(window, replace(s, gradient_checkpointing=False), shapes,
                                                            device, n)
     regions = {r for smp in samples for r in smp}   # the fifth shape checks the fits (moments.fit)
-    solved = {r: _fit([smp.get(r, 0.0) for smp in samples], seq, check) for r in regions}
+    solved = {r: _fit([smp.get(r, 0.0) for smp in samples], seq, check, exact=True) for r in regions}
     recipe = recipe_regions(window.arch, replace(s, batch_size=1, seq_len=seq), device)
     zero = (0.0, 0.0, 0.0, 0.0, 0.0)
     to_model = {wk: k for wk, k in zip(wkinds, kinds[:n])}  # window kind ids -> the model's

@@ -38,23 +38,40 @@ def solve_per_sequence(v: list[float], seq: int) -> Term:
     return (aS / S, 0.0, eS / S, A - aS - eS - p, p)
 
 
+def solve_all(v: list[float], seq: int, check: tuple[int, int]) -> Term | None:
+    """(a, q, e, c, p) from the four shapes and the check shape together (None where they do not fix all
+    five: a check shape of batch > 1 within the sequences of the four). Exact at the five, unchecked."""
+    import numpy as np
+
+    S = float(seq)
+    shapes = [(1, S), (2, S), (1, 2 * S), (2, 2 * S), (float(check[0]), float(check[1]))]
+    m = np.array([[b * s, b * s * s, s, 1.0, b] for b, s in shapes])
+    if abs(np.linalg.det(m)) < 1e-9 * np.abs(m).max() ** 2:
+        return None
+    return tuple(float(x) for x in np.linalg.solve(m, np.array(v[:5], dtype=float)))  # type: ignore[return-value]
+
+
 def value(term: Term, batch: int, seq: int) -> float:
     """Bytes of ``term`` at (batch, seq)."""
     a, q, e, c, p = (tuple(term) + (0.0,) * 5)[:5]
     return a * batch * seq + q * batch * seq * seq + e * seq + c + p * batch
 
 
-def fit(v: list[float], seq: int, check: tuple[int, int]) -> Term:
+def fit(v: list[float], seq: int, check: tuple[int, int], exact: bool = False) -> Term:
     """A term from the four shapes (``v[:4]``), quadratic in the sequence (attention scores, masks) or with
     a per-sequence term instead (recurrent states): the one nearer the check shape's bytes (``v[4]``),
     the quadratic one on a tie or without a check value. (A per-sequence state read as quadratic has
-    ``q = -p / (2 S^2)``: exact at the four shapes, -2p per sequence at 4S, and worse beyond.)"""
+    ``q = -p / (2 S^2)``: exact at the four shapes, -2p per sequence at 4S, and worse beyond.) With
+    ``exact``, when neither predicts the check shape, all five coefficients from the five shapes."""
     quadratic = solve(v[:4], seq)
     if len(v) < 5:
         return quadratic
     per_seq = solve_per_sequence(v[:4], seq)
     miss = abs(value(per_seq, *check) - v[4]) - abs(value(quadratic, *check) - v[4])
-    return per_seq if miss < -_ROUNDING else quadratic
+    best = per_seq if miss < -_ROUNDING else quadratic
+    if exact and not _predicts(best, v[4], seq, check):
+        return solve_all(v, seq, check) or best
+    return best
 
 
 _ROUNDING = 512.0   # the allocator's granularity: a closer fit by less is no evidence
@@ -145,6 +162,8 @@ def _envelope(curves: list[Curve], seq: int,
     covered = [max((vs[k] for vs in matched.values()), default=0.0) for k in range(len(curves))]
     if any(c < p - _tolerance(p) for c, p in zip(covered, peaks)) or not kept:
         term = fit(peaks, seq, check)
+        if not _predicts(term, peaks[4], seq, check):   # a per-sequence state and per-chunk pairs together
+            term = solve_all(peaks, seq, check) or term   # (Mamba-2's chunked scan): all five coefficients
         if _predicts(term, peaks[4], seq, check) or not kept:
             kept.append(term)
     return _undominated(kept)
