@@ -89,6 +89,8 @@ def test_a_per_sequence_state_is_fit_as_one_not_as_a_negative_quadratic():
     assert solve([state(b, s) for b, s in shapes[:4]], S)[1] < 0   # what the quadratic basis made of it
     scores = lambda b, s: 40 * b * s + 16 * b * s * s + 1000   # noqa: E731 - quadratic stays quadratic
     assert fit([scores(b, s) for b, s in shapes], S, shapes[4]) == pytest.approx((40, 16, 0, 1000, 0))
+    both = lambda b, s: scores(b, s) + 2**20 * b   # noqa: E731 - Mamba-2: per-chunk pairs and a state
+    assert fit([both(b, s) for b, s in shapes], S, shapes[4], exact=True) == pytest.approx((40, 16, 0, 1000, 2**20))
 
 
 def test_a_layer_forward_that_peaks_inside_is_derived_qwen3_next():
