@@ -294,4 +294,9 @@ def _extra_fields(text: Any) -> dict:
         v = getattr(text, k, None)
         if isinstance(v, (int, float, str, bool)):
             out[k] = v
+    from .memory.layer_terms import LINEAR_ATTENTION_CHUNK
+
+    types = getattr(text, "layer_types", None) or getattr(text, "layers_block_type", None)
+    if isinstance(types, (list, tuple)) and "linear_attention" in types:   # chunked delta rules (layer_terms)
+        out["linear_attention_chunk"] = LINEAR_ATTENTION_CHUNK
     return out

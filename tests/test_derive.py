@@ -120,6 +120,8 @@ def test_shapes_are_whole_chunks_of_a_state_space_mixer():
     assert bamba.extra["mamba_chunk_size"] == 256 and _seq_for(bamba, False) == 512
     assert _seq_for(resolve(tiny_config("nemotron_h")).arch, False) == 256
     assert _seq_for(resolve(tiny_config("qwen3")).arch, False) == SEQ
+    qwen3_next = resolve(tiny_config("qwen3_next")).arch   # the delta rule's 64-token chunks, 4 per shape
+    assert qwen3_next.extra["linear_attention_chunk"] == 64 and _seq_for(qwen3_next, False) == 256
 
 
 def test_qlora_on_moe_is_traced_not_a_fallback():

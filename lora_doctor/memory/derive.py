@@ -35,6 +35,7 @@ from .targets import FALLBACK_TARGETS
 # (LayerNorm's mean and rstd) at (1, S) is 256 bytes, rounded to 512, and the fit read the rounding as a
 # quadratic term (GPT-2 QLoRA at batch 2, seq 1024: +16.5 MiB of activations, +3.1%); from 128 it is exact.
 SEQ = 128
+CHUNKED_SEQ = 256
 PERSISTENT = ("weights", "adapters", "quantization_state", "optimizer_states",
               "paged_optimizer_states", "gradients", "inputs")
 # Setting classes the catalog stores (coarse keys): what users run most. Each LoRA class is derived again for
@@ -110,14 +111,16 @@ def _window_of(arch: ArchSpec) -> int:
 
 
 def _seq_for(arch: ArchSpec, long: bool) -> int:
-    """S for a regime: all four shapes within the sliding window, or all beyond it. Without a window, at
-    least two of the chunks that state-space mixers pad to, in whole chunks (Bamba's 256: at S = 128 the
-    shapes' 128 and 256 both pad to one chunk, and the fit saw no growth with the sequence, -51% at seq
-    512; a single chunk at batch 1 skips ops that every longer input runs)."""
+    """S for a regime: all four shapes within the sliding window, or all beyond it. Without a window, for
+    chunked mixers, whole chunks, at least two and at least :data:`CHUNKED_SEQ` tokens (Bamba's 256: at
+    S = 128 the shapes' 128 and 256 both pad to one chunk, and the fit saw no growth with the sequence, -51%
+    at seq 512; a single chunk at batch 1 skips ops that every longer input runs; the delta rules' loop
+    over 64-token chunks backpropagates its first and last chunks apart: tiny Bailing-hybrid full -3.9% at
+    S = 128, two chunks, -0.1% at 256)."""
     w = _window_of(arch)
     if not w:
         chunk = layer_terms.chunk_of(arch)
-        return max(-(-SEQ // chunk), 2) * chunk if chunk else SEQ
+        return max(-(-max(SEQ, CHUNKED_SEQ) // chunk), 2) * chunk if chunk else SEQ
     return w + SEQ if long else max(min(SEQ, w // 2), 8)
 
 

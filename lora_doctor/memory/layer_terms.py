@@ -78,7 +78,11 @@ def window_of(arch: ArchSpec) -> int:
 
 # Config fields of the chunk length state-space mixers pad the sequence to (Mamba-2's torch path in Bamba,
 # GraniteMoE-hybrid, Falcon-H1, Nemotron-H): their memory is a step function of the sequence length.
-CHUNK_FIELDS = ("mamba_chunk_size", "chunk_size")
+# ``linear_attention_chunk`` is set by introspection for configs with "linear_attention" layer types: the
+# torch chunked gated-delta / KDA rules transformers runs without flash-linear-attention (Qwen3-Next,
+# Qwen3.5, OLMo hybrid, Kimi-Linear, Bailing-hybrid) pad to 64-token chunks, a default no config names.
+CHUNK_FIELDS = ("mamba_chunk_size", "chunk_size", "linear_attention_chunk")
+LINEAR_ATTENTION_CHUNK = 64
 
 
 def chunk_of(arch: ArchSpec) -> int:
