@@ -101,7 +101,7 @@ def test_a_layer_forward_that_peaks_inside_is_derived_qwen3_next():
     tiny Qwen3-Next, and 3.2% under here with the state fit as a negative quadratic)."""
     from lora_doctor.trace import trace_step
 
-    s = PlanSettings(mode="lora", target_modules="all-linear", batch_size=2, seq_len=192)
+    s = PlanSettings(mode="lora", target_modules="all-linear", batch_size=1, seq_len=384)
     resolved = resolve(dict(tiny_config("qwen3_next"), num_hidden_layers=2,
                             layer_types=["linear_attention", "full_attention"]))
     traced = trace_step(resolved, s)
