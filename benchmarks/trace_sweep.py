@@ -73,8 +73,9 @@ def compare(model_type: str) -> tuple[dict[str, float], str]:
 
 def _wrappable(arch: Any, s: PlanSettings) -> tuple[PlanSettings, str]:
     """all-linear without the linear layers peft's LoRA cannot wrap (routers returning a tuple: the
-    doctor's target-non-tensor-output), as a user following the doctor's fix would run it."""
-    bad = set(arch.extra.get("non_tensor_linears") or ())
+    doctor's target-non-tensor-output) or refuses (the Mamba mixers' out_proj: target-peft-refused), as a
+    user following the doctor's fix would run it."""
+    bad = set(arch.extra.get("non_tensor_linears") or ()) | set(arch.extra.get("peft_refused_linears") or ())
     if s.mode == "full" or not bad or s.target_modules != "all-linear":
         return s, ""
     names = sorted({f.name for f in arch.linear_families if f.scope != "head" and f.name not in bad})

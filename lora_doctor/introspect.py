@@ -195,7 +195,8 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
         default_targets=default_lora_targets(config.model_type),
         num_experts=int(getattr(text, "num_local_experts", 0) or getattr(text, "num_experts", 0) or 0),
         experts_per_token=int(getattr(text, "num_experts_per_tok", 0) or 0),
-        extra=dict(_extra_fields(text), **({"non_tensor_linears": bad} if (bad := non_tensor_linears(model)) else {})),
+        extra=dict(_extra_fields(text), **({"non_tensor_linears": bad} if (bad := non_tensor_linears(model)) else {}),
+                   **({"peft_refused_linears": no} if (no := peft_refused_linears(model)) else {})),
         towers=towers,
         buffer_bytes=int(sum(b.numel() * b.element_size() for b in model.buffers())),
         load_dtype_buffer_params=load_dtype_buffer_params(model, config),
@@ -317,13 +318,36 @@ def layer_count_field(text: Any) -> str:
 LINEAR_ATTENTION_BLOCK: dict[str, str] = {"minimax": "block_size"}
 
 
+def peft_refused_linears(model: Any) -> list[str]:
+    """Names (last path component) of linear layers peft's LoRA refuses for this model type, asked of peft
+    itself: peft 0.21's ``get_peft_model`` raises "Module 'out_proj' is incompatible with Mamba-based models"
+    for the Mamba mixers' ``out_proj`` of mamba, mamba2, falcon_mamba, falcon_h1 and nemotron_h, and
+    ``"all-linear"`` selects it (no exclusion of its own)."""
+    import torch.nn as nn
+
+    try:
+        from peft import LoraConfig
+        from peft.tuners.tuners_utils import _check_lora_target_modules_mamba as refuses
+    except ImportError:  # a peft without the check: nothing refused
+        return []
+    config = LoraConfig(target_modules="all-linear")
+    names = {path.rsplit(".", 1)[-1] for path, m in model.named_modules() if isinstance(m, nn.Linear)}
+    out = []
+    for name in sorted(names):
+        try:
+            refuses(config, model, name)
+        except ValueError:
+            out.append(name)
+    return out
+
+
 def _extra_fields(text: Any) -> dict:
     """Block details the activation recipes read (kept small and JSON-serializable)."""
     keys = ("hidden_act", "activation_function", "attention_dropout", "hidden_dropout", "attn_pdrop",
             "resid_pdrop", "embd_pdrop", "dropout", "attention_probs_dropout_prob", "hidden_dropout_prob",
             "parallel_attn", "new_decoder_architecture", "alibi", "sliding_window", "attention_chunk_size",
             "final_logit_softcapping", "attn_logit_softcapping", "word_embed_proj_dim", "do_layer_norm_before",
-            "max_position_embeddings", "n_positions")
+            "max_position_embeddings", "n_positions", "mamba_chunk_size", "chunk_size")
     out = {}
     for k in keys:
         v = getattr(text, k, None)
@@ -332,4 +356,9 @@ def _extra_fields(text: Any) -> dict:
     block = getattr(text, LINEAR_ATTENTION_BLOCK.get(getattr(text, "model_type", ""), ""), None)
     if isinstance(block, int):
         out["linear_attention_block"] = block
+    from .memory.layer_terms import LINEAR_ATTENTION_CHUNK
+
+    types = getattr(text, "layer_types", None) or getattr(text, "layers_block_type", None)
+    if isinstance(types, (list, tuple)) and "linear_attention" in types:   # chunked delta rules (layer_terms)
+        out["linear_attention_chunk"] = LINEAR_ATTENTION_CHUNK
     return out

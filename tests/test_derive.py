@@ -69,9 +69,59 @@ def test_backward_moments_are_matched_by_op_and_checked_on_a_fifth_shape():
             ops.insert(1, "sum")
         curves.append((values, tuple(ops)))
     kept = _envelope(curves, S, shapes[4])
-    assert (40.0, 16.0, 0.0, 1000.0) in kept and (900.0, 0.0, 0.0, 0.0) in kept
+    assert (40.0, 16.0, 0.0, 1000.0, 0.0) in kept and (900.0, 0.0, 0.0, 0.0, 0.0) in kept
     # a moment whose points at the four shapes belong to different ops is dropped by the check
     assert solve([scratch(*shapes[0]), incoming(*shapes[1]), scratch(*shapes[2]), incoming(*shapes[3])], S) not in kept
+
+
+def test_a_per_sequence_state_is_fit_as_one_not_as_a_negative_quadratic():
+    """A recurrent state per sequence (linear attention's [b, heads, dk, dv]) is p * batch. Read in the
+    quadratic basis it fits the four shapes with q = -p / (2 S^2) and loses 2p per sequence at 4S; the fifth
+    shape picks the per-sequence basis, which extrapolates exactly."""
+    from lora_doctor.memory.moments import check_shape, fit, solve, value
+
+    S = 128
+    shapes = [(1, S), (2, S), (1, 2 * S), (2, 2 * S), check_shape(0, S)]
+    state = lambda b, s: 400_000 * b * s + 2 * 2**20 * b + 8 * s + 3072   # noqa: E731
+    term = fit([state(b, s) for b, s in shapes], S, shapes[4])
+    assert term == pytest.approx((400_000, 0.0, 8, 3072, 2 * 2**20))
+    assert value(term, 4, 16 * S) == pytest.approx(state(4, 16 * S))
+    assert solve([state(b, s) for b, s in shapes[:4]], S)[1] < 0   # what the quadratic basis made of it
+    scores = lambda b, s: 40 * b * s + 16 * b * s * s + 1000   # noqa: E731 - quadratic stays quadratic
+    assert fit([scores(b, s) for b, s in shapes], S, shapes[4]) == pytest.approx((40, 16, 0, 1000, 0))
+    both = lambda b, s: scores(b, s) + 2**20 * b   # noqa: E731 - Mamba-2: per-chunk pairs and a state
+    assert fit([both(b, s) for b, s in shapes], S, shapes[4], exact=True) == pytest.approx((40, 16, 0, 1000, 2**20))
+
+
+def test_a_layer_forward_that_peaks_inside_is_derived_qwen3_next():
+    """Qwen3-Next's linear-attention layer (torch's chunked gated-delta rule, what transformers runs without
+    flash-linear-attention) holds per-chunk transients during its forward beyond what it saves; the
+    full-attention layer after it saves far less, so the step peaks inside the linear layer's forward. The
+    derived forward moments give that phase (without them the analytic engine was 2.2% under on the sweep's
+    tiny Qwen3-Next, and 3.2% under here with the state fit as a negative quadratic)."""
+    from lora_doctor.trace import trace_step
+
+    s = PlanSettings(mode="lora", target_modules="all-linear", batch_size=1, seq_len=384)
+    resolved = resolve(dict(tiny_config("qwen3_next"), num_hidden_layers=2,
+                            layer_types=["linear_attention", "full_attention"]))
+    traced = trace_step(resolved, s)
+    totals = step_peak(resolved.arch, s)
+    assert (traced.peak_phase, totals.phase) == ("forward", "forward_layers")
+    assert abs((sum(totals.breakdown.values()) - CUBLAS_WORKSPACE_BYTES) / traced.peak_bytes - 1) <= 0.02
+
+
+def test_shapes_are_whole_chunks_of_a_state_space_mixer():
+    """Mamba-2's torch path pads the sequence to whole chunks (Bamba: 256), so the derived shapes are whole
+    chunks, at least two (at S = 128 both 128 and 256 pad to one chunk and the fit saw no growth, -51% at seq 512;
+    one chunk at batch 1 skips ops)."""
+    from lora_doctor.memory.derive import SEQ, _seq_for
+
+    bamba = resolve(tiny_config("bamba")).arch
+    assert bamba.extra["mamba_chunk_size"] == 256 and _seq_for(bamba, False) == 512
+    assert _seq_for(resolve(tiny_config("nemotron_h")).arch, False) == 256
+    assert _seq_for(resolve(tiny_config("qwen3")).arch, False) == SEQ
+    qwen3_next = resolve(tiny_config("qwen3_next")).arch   # the delta rule's 64-token chunks, 4 per shape
+    assert qwen3_next.extra["linear_attention_chunk"] == 64 and _seq_for(qwen3_next, False) == 256
 
 
 def test_qlora_on_moe_is_traced_not_a_fallback():

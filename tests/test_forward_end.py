@@ -50,6 +50,17 @@ def test_traced_model_has_no_kv_cache_like_a_trainer():
     assert built.model.config.use_cache is False   # what Trainer.__init__ sets from TrainingArguments.use_cache
 
 
+def test_a_hybrid_whose_first_layer_is_mamba_traces_without_a_cache():
+    """Bamba's layers are all Mamba in the tiny config; with the config's use_cache=True the forward built a
+    hybrid cache and the mask code asked it for get_seq_length, which only attention layers answer
+    ("ValueError: `get_seq_length` can only be called on Attention layers"; also Jamba, GraniteMoE-hybrid,
+    Kimi-Linear, Bailing-hybrid). Traced as the Trainer leaves the model, no cache is built."""
+    from lora_doctor.trace import trace_step
+
+    s = PlanSettings(mode="lora", target_modules="all-linear", batch_size=1, seq_len=64)
+    assert trace_step(resolve(tiny_config("bamba")), s).peak_bytes > 0
+
+
 @pytest.mark.slow
 def test_trace_matches_a_real_trainer_step_at_the_end_of_forward():
     """Two real Trainer steps (bitsandbytes NF4 on CPU, bf16 autocast) against the trace run as on CPU."""

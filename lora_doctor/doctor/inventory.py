@@ -33,6 +33,7 @@ class ModuleEntry:
     quantized: bool = False
     bnb_converts: bool = False # a 4-bit / 8-bit load would quantize it (exact nn.Linear or Conv1D, or already done)
     returns_tensor: bool | None = True   # False: its forward returns a tuple (an MoE router); None: not known
+    peft_refuses: bool = False  # peft's LoRA refuses it for this model type (the Mamba mixers' out_proj)
 
 
 @dataclass
@@ -119,7 +120,9 @@ def gather(model: Any) -> ModuleInventory:
             head_path = unwrapped
         if inputs is not None and input_path is None and (module is inputs or getattr(module, "base_layer", None) is inputs):
             input_path = unwrapped
-    from ..introspect import returns_tensor
+    from ..introspect import peft_refused_linears, returns_tensor
+
+    refused = set(peft_refused_linears(base))
 
     entries: list[ModuleEntry] = []
     experts: list[tuple[str, tuple[int, ...]]] = []
@@ -137,7 +140,8 @@ def gather(model: Any) -> ModuleInventory:
         entries.append(ModuleEntry(path, kind, type(layer).__name__, in_f, out_f,
                                    scope_of(path, kind, head_path, enc_dec), quantized,
                                    bnb_converts=kind in LINEAR_KINDS and (quantized or bnb_converts(layer)),
-                                   returns_tensor=output_kind.get(type(layer), True) if kind == "linear" else True))
+                                   returns_tensor=output_kind.get(type(layer), True) if kind == "linear" else True,
+                                   peft_refuses=kind == "linear" and path.rsplit(".", 1)[-1] in refused))
     params: list[str] = []
     for raw_name, param in base.named_parameters():
         name = raw_name.replace(".base_layer.", ".")   # peft wrappers (layers and target_parameters) fold away

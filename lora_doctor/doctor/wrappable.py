@@ -1,4 +1,6 @@
-"""Targets peft selects but its LoRA layer cannot run: linear layers whose forward returns a tuple (pure).
+"""Targets peft selects but its LoRA layer cannot run or refuses (pure).
+
+Linear layers whose forward returns a tuple:
 
 peft's ``"all-linear"`` takes every ``nn.Linear`` instance except the output head, by class. Some
 models subclass ``nn.Linear`` for their MoE router and return ``(scores, indices)`` from ``forward``
@@ -8,6 +10,12 @@ models subclass ``nn.Linear`` for their MoE router and return ``(scores, indices
 Llama-4 text models, one forward and backward; ``exclude_modules=["router"]`` makes both train).
 Which layers return a tuple is measured, not listed: :func:`lora_doctor.introspect.returns_tensor`
 calls each such class once (on the meta device for a config).
+
+Linear layers peft refuses for the model type: peft 0.21 raises "Module 'out_proj' is incompatible with
+Mamba-based models" in ``get_peft_model`` for the Mamba mixers' ``out_proj`` of mamba, mamba2,
+falcon_mamba, falcon_h1 and nemotron_h, and its ``"all-linear"`` selects that layer. Asked of peft itself
+(:func:`lora_doctor.introspect.peft_refused_linears`); ``exclude_modules=["out_proj"]`` makes all four
+installed types train (checked on CPU with tiny models, one forward and backward).
 """
 
 from __future__ import annotations
@@ -37,3 +45,19 @@ def check_non_tensor_targets(s: LoraSettings, inv: ModuleInventory, m: TargetMat
         f"Add exclude_modules={names} to the LoraConfig"
         + (f", or pass target_modules={keep}" if keep else "") + ".",
         modules=names, classes=types, count=len(hit))]
+
+
+def check_peft_refused_targets(s: LoraSettings, inv: ModuleInventory, m: TargetMatch) -> list[Finding]:
+    by_name = inv.by_name()
+    hit = [n for n in m.matched if n in by_name and by_name[n].peft_refuses]
+    if not hit:
+        return []
+    names = sorted({n.rsplit(".", 1)[-1] for n in hit})
+    keep = sorted({n.rsplit(".", 1)[-1] for n in m.matched if n.rsplit(".", 1)[-1] not in set(names)})
+    how = "'all-linear' selects every nn.Linear by class" if s.is_all_linear else "the target patterns match them"
+    return [finding(
+        "target-peft-refused",
+        f"{len(hit)} targeted layers ({', '.join(names)}) are ones peft's LoRA refuses for {inv.model_type} models; "
+        f"{how}, so get_peft_model raises ValueError: Module '{names[0]}' is incompatible with Mamba-based models.",
+        f"Add exclude_modules={names} to the LoraConfig" + (f", or pass target_modules={keep}" if keep else "") + ".",
+        modules=names, count=len(hit))]

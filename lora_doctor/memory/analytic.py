@@ -13,7 +13,8 @@ A step (after the first, so optimizer states exist) goes through these high-wate
    math SDPA path's ``[b, heads, s, s]`` gradients);
 5. with trace-derived forward terms, each decoder layer's forward, from the first: persistent state + the
    saved activations of the layers before it and outside the layers + what that layer's forward holds
-   (its own saved activations as they are made, and transients such as HY-V4's indexer scores).
+   (its own saved activations as they are made, and transients such as HY-V4's indexer scores or
+   Qwen3-Next's chunked linear attention).
 
 Persistent state = weights + quantization state + adapters + optimizer states. The breakdown
 reported is the one of the phase with the highest total.

@@ -28,7 +28,7 @@ from ..arch import ArchSpec
 from ..plan_types import PlanSettings
 from . import layer_terms
 from .analytic import recipe_regions
-from .moments import Curve, backward_terms, check_shape, forward_terms, solve as _solve
+from .moments import Curve, backward_terms, check_shape, fit as _fit, forward_terms
 from .targets import FALLBACK_TARGETS
 from .window import _layer_list, _renumber, _window_resolved, _window_size, layer_kinds  # noqa: F401 - re-exported
 
@@ -36,6 +36,7 @@ from .window import _layer_list, _renumber, _window_resolved, _window_size, laye
 # (LayerNorm's mean and rstd) at (1, S) is 256 bytes, rounded to 512, and the fit read the rounding as a
 # quadratic term (GPT-2 QLoRA at batch 2, seq 1024: +16.5 MiB of activations, +3.1%); from 128 it is exact.
 SEQ = 128
+CHUNKED_SEQ = 256
 PERSISTENT = ("weights", "adapters", "quantization_state", "optimizer_states",
               "paged_optimizer_states", "gradients", "inputs")
 # Setting classes the catalog stores (coarse keys): what users run most. Each LoRA class is derived again for
@@ -112,10 +113,16 @@ def _window_of(arch: ArchSpec) -> int:
 
 
 def _seq_for(arch: ArchSpec, long: bool) -> int:
-    """S for a regime: all four shapes within the sliding window, or all beyond it."""
+    """S for a regime: all four shapes within the sliding window, or all beyond it. Without a window, for
+    chunked mixers, whole chunks, at least two and at least :data:`CHUNKED_SEQ` tokens (Bamba's 256: at
+    S = 128 the shapes' 128 and 256 both pad to one chunk, and the fit saw no growth with the sequence, -51%
+    at seq 512; a single chunk at batch 1 skips ops that every longer input runs; the delta rules' loop
+    over 64-token chunks backpropagates its first and last chunks apart: tiny Bailing-hybrid full -3.9% at
+    S = 128, two chunks, -0.1% at 256)."""
     w = _window_of(arch)
     if not w:
-        return SEQ
+        chunk = layer_terms.chunk_of(arch)
+        return max(-(-max(SEQ, CHUNKED_SEQ) // chunk), 2) * chunk if chunk else SEQ
     return w + SEQ if long else max(min(SEQ, w // 2), 8)
 
 
@@ -151,7 +158,7 @@ def _resolved_for(config: Any, arch: ArchSpec) -> Any:
 
 def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: int,
               arch: ArchSpec | None = None) -> dict:
-    """Trace the window at the four shapes, solve each region for (a, q, e, c), subtract the recipe.
+    """Trace the window at the five shapes, fit each region (:func:`.moments.fit`), subtract the recipe.
 
     The recipe subtracted is the whole model's (``arch``), as the engine adds it: its per-layer numbers are an
     average over all layers, and the window's average differs where the layer kinds differ in their linears
@@ -167,11 +174,10 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
     shapes = ((1, seq), (2, seq), (1, 2 * seq), (2, 2 * seq), check)
     samples, trainable, excess, fwd = _saved_by_region(window, replace(s, gradient_checkpointing=False), shapes,
                                                        device, n)
-    samples = samples[:4]   # the fifth shape only checks the backward moments (moments.check_shape)
-    regions = {r for smp in samples for r in smp}
-    solved = {r: _solve([smp.get(r, 0.0) for smp in samples], seq) for r in regions}
+    regions = {r for smp in samples for r in smp}   # the fifth shape checks the fits (moments.fit)
+    solved = {r: _fit([smp.get(r, 0.0) for smp in samples], seq, check, exact=True) for r in regions}
     recipe = recipe_regions(arch, replace(s, batch_size=1, seq_len=seq), device)
-    zero = (0.0, 0.0, 0.0, 0.0)
+    zero = (0.0, 0.0, 0.0, 0.0, 0.0)
     to_model = {wk: k for wk, k in zip(wkinds, kinds[:n])}  # window kind ids -> the model's
     layers: dict[int, list] = {}
     for i in range(1, n):
@@ -198,12 +204,13 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
             "forward": forward_terms(fwd, seq, check, n, kinds, wkinds, to_model)}
 
 
-def _sub(x: tuple, y: tuple) -> tuple[float, float, float]:
-    return tuple(float(i) - float(j) for i, j in zip(x, y))  # type: ignore[return-value]
+def _sub(x: tuple, y: tuple) -> tuple[float, ...]:
+    pad = (0.0,) * 5
+    return tuple(float(i) - float(j) for i, j in zip((tuple(x) + pad)[:5], (tuple(y) + pad)[:5]))
 
 
-def _mean(terms: list) -> tuple[float, float, float, float]:
-    return tuple(sum(t[i] for t in terms) / len(terms) for i in range(4))  # type: ignore[return-value]
+def _mean(terms: list) -> tuple[float, ...]:
+    return tuple(sum(t[i] for t in terms) / len(terms) for i in range(5))
 
 
 _LAYER_INDEX = re.compile(r"\.(\d+)(?:\.|$)")

@@ -16,7 +16,7 @@ from ..plan_types import TENSOR_TERMS, MemoryPlan, PlanSettings
 from .activations import RECIPES
 from .analytic import PhaseTotals, with_extra_terms
 from .persistent import persistent_terms
-from .targets import non_tensor_targets_note, targeted_families
+from .targets import non_tensor_targets_note, peft_refused_note, targeted_families
 from .workload import device_reserves, workload_peak
 from .overhead import device_terms
 from .towers import TowerTerms, phase_hooks, tower_terms
@@ -46,9 +46,10 @@ def analytic_plan(resolved: ResolvedModel, s: PlanSettings, device: str = "cuda"
     where = placement_note(resolved.arch, s.target_modules) if s.mode != "full" else None
     if where:
         notes.append(where)
-    unwrappable = non_tensor_targets_note(resolved.arch, s.target_modules) if s.mode != "full" else None
-    if unwrappable:
-        notes.append(unwrappable)
+    for note in (non_tensor_targets_note, peft_refused_note):
+        unwrappable = note(resolved.arch, s.target_modules) if s.mode != "full" else None
+        if unwrappable:
+            notes.append(unwrappable)
     recipe = RECIPES.get(resolved.arch.block, RECIPES["generic"])
     if s.attn_implementation == "sdpa" and not recipe.sdpa:
         notes.append(f"{resolved.arch.model_type} has no SDPA attention in transformers: planned with eager "

@@ -6,11 +6,14 @@ mixes, config dropouts, masks built for sliding windows), so :mod:`lora_doctor.m
 traces a few layers of the real model code at full width and stores, for each region, what the
 trace saved minus what the recipe predicted, in the basis the engine extrapolates with::
 
-    bytes(region) = a * tokens + q * tokens * seq_len + e * seq_len + c
+    bytes(region) = a * tokens + q * tokens * seq_len + e * seq_len + c + p * batch
 
 ``a`` per token, ``q`` per token per key position (eager scores, sliding-window masks), ``e`` per
 sequence position independent of the batch (rope tables), ``c`` per step (weight-sized tensors,
-e.g. the merged delta of peft's LoRA on fused MoE expert parameters). Regions: each *layer kind* (layers that
+e.g. the merged delta of peft's LoRA on fused MoE expert parameters), ``p`` per sequence independent
+of its length (the recurrent state of linear attention and state-space layers). Four traced shapes
+fix four coefficients: a region has ``q`` or ``p``, whichever predicts a fifth shape
+(:func:`.moments.fit`); terms stored with four coefficients have no ``p``. Regions: each *layer kind* (layers that
 share a structure, e.g. dense and MoE layers of Qwen3-MoE), the first layer (whose input needs no
 gradient under LoRA), everything outside the layers, and the logits.
 
@@ -21,11 +24,11 @@ Stored in :attr:`ArchSpec.derived` (the catalog ships them, so catalog plans sta
                                  "first": [...], "outside": [...], "logits": [...],
                                  "trainable": [per kind, outside],    # parameters peft adds beyond
                                                                       # the linear families (MoE experts)
-                                 "backward": {"layers": [[[a, q, e, c], ...], ...],  # per kind, absolute:
+                                 "backward": {"layers": [[[a, q, e, c, p], ...], ...],  # per kind, absolute:
                                               "first": [[a, q, e, c], ...],  # what its backward adds at
                                               "params": [per kind],          # each moment; params per kind
                                               "loss": [[a, q, e, c], ...]},  # the loss and head backward
-                                 # (a moment may carry a fifth number: the batch size it applies from)
+                                 # (a moment may carry a sixth number: the batch size it applies from)
                                  "forward": {"layers": [[[a, q, e, c], ...], ...],   # per kind, absolute:
                                              "first": [[a, q, e, c], ...]}}}}        # what its forward holds
 
@@ -60,8 +63,8 @@ from .tables import DTYPE_BYTES
 from .targets import FALLBACK_TARGETS, normalize_targets, targeted_families
 
 VERSION = 2
-Term = tuple[float, float, float, float]   # (a, q, e, c), see the module docstring
-ZERO: Term = (0.0, 0.0, 0.0, 0.0)
+Term = tuple[float, float, float, float, float]   # (a, q, e, c, p), see the module docstring
+ZERO: Term = (0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 # Config fields after which longer sequences take another attention path: sliding windows,
@@ -76,6 +79,22 @@ def window_of(arch: ArchSpec) -> int:
     found = [w for w in (arch.extra.get(f) for f in WINDOW_FIELDS)
              if isinstance(w, int) and not isinstance(w, bool) and w > 0]
     return min(found, default=0)
+
+
+# Config fields of the chunk length state-space mixers pad the sequence to (Mamba-2's torch path in Bamba,
+# GraniteMoE-hybrid, Falcon-H1, Nemotron-H): their memory is a step function of the sequence length.
+# ``linear_attention_chunk`` is set by introspection for configs with "linear_attention" layer types: the
+# torch chunked gated-delta / KDA rules transformers runs without flash-linear-attention (Qwen3-Next,
+# Qwen3.5, OLMo hybrid, Kimi-Linear, Bailing-hybrid) pad to 64-token chunks, a default no config names.
+CHUNK_FIELDS = ("mamba_chunk_size", "chunk_size", "linear_attention_chunk")
+LINEAR_ATTENTION_CHUNK = 64
+
+
+def chunk_of(arch: ArchSpec) -> int:
+    """The chunk length of ``arch``'s state-space mixers (0: none)."""
+    found = [c for c in (arch.extra.get(f) for f in CHUNK_FIELDS)
+             if isinstance(c, int) and not isinstance(c, bool) and c > 0]
+    return max(found, default=0)
 
 
 def long_regime(arch: ArchSpec, seq_len: int) -> bool:
@@ -155,15 +174,15 @@ class Residual:
     forward_first: tuple[Term, ...] = ()         # the same for layer 0
 
     def term(self, t: Term, tokens: int, seq: int) -> float:
-        a, q, e, c = t[:4]
-        value = self.scale * (a * tokens + q * tokens * seq + e * seq + c)
+        a, q, e, c, p = (tuple(t) + (0.0,) * 5)[:5]
+        value = self.scale * (a * tokens + q * tokens * seq + e * seq + c + p * tokens / max(seq, 1))
         return max(value, 0.0) if self.only_adds else value
 
     def highest(self, terms: tuple[Term, ...], tokens: int, seq: int) -> float:
         """The highest of several moments' terms (0 when there are none); a moment may apply only from some
-        batch size on (a fifth number, :func:`.moments.min_batch`)."""
+        batch size on (a sixth number, :func:`.moments.min_batch`)."""
         batch = tokens // max(seq, 1)
-        return max((self.term(t, tokens, seq) for t in terms if len(t) < 5 or batch >= t[4]), default=0.0)
+        return max((self.term(t, tokens, seq) for t in terms if len(t) < 6 or batch >= t[5]), default=0.0)
 
     @property
     def autocast(self) -> bool:
@@ -182,10 +201,10 @@ class Residual:
     def from_dict(cls, data: dict, kinds: list[int], scale: float = 1.0, key: str = "",
                   only_adds: bool = False) -> "Residual":
         def term(t: list) -> Term:
-            return tuple((list(t) + [0.0] * 4)[:4])  # type: ignore[return-value]
+            return tuple((list(t) + [0.0] * 5)[:5])  # type: ignore[return-value]
 
         def moment(t: list) -> Term:   # a term, and the batch size it applies from when it has one
-            return tuple(list(term(t)) + list(t[4:5]))  # type: ignore[return-value]
+            return tuple(list(term(t)) + list(t[5:6]))  # type: ignore[return-value]
 
         bw, fw = data.get("backward") or {}, data.get("forward") or {}
         return cls(tuple(term(t) for t in data["layers"]), term(data["first"]), term(data["outside"]),

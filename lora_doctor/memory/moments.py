@@ -3,7 +3,8 @@
 A layer's backward is a sequence of ops; after each allocation the bytes alive, minus the saved
 activations of the layers not yet done and the gradients already made, is one *moment*. Traced at
 several (batch, seq) shapes (:mod:`lora_doctor.memory.derive`), each moment is solved in the basis of
-:mod:`.layer_terms` (``a * tokens + q * tokens * seq + e * seq + c``); the peak at a planned shape is
+:mod:`.layer_terms` (``a * tokens + q * tokens * seq + e * seq + c``, or ``p * batch`` in place of ``q``:
+:func:`fit`); the peak at a planned shape is
 the highest moment there, because which moment peaks depends on the shape (per-token tensors at short
 sequences, ``[b, heads, s, s]`` ones at long).
 """
@@ -11,30 +12,77 @@ sequences, ``[b, heads, s, s]`` ones at long).
 from __future__ import annotations
 
 import difflib
+from typing import Any
 
-Term = tuple[float, float, float, float]
-# A moment: a Term, or a Term and the smallest batch size it applies from (see _batched).
+Term = tuple[float, float, float, float, float]
+# A moment: a Term, or a Term and the smallest batch size it applies from (a sixth number, see _batched).
 Moment = tuple[float, ...]
 
 
 def min_batch(moment: Moment) -> int:
     """The smallest batch size at which ``moment`` happens (1: every batch)."""
-    return int(moment[4]) if len(moment) > 4 else 1
+    return int(moment[5]) if len(moment) > 5 else 1
 
 
 def solve(v: list[float], seq: int) -> Term:
-    """(a, q, e, c) from bytes at (1, S), (2, S), (1, 2S), (2, 2S) for a*b*s + q*b*s^2 + e*s + c."""
+    """(a, q, e, c, 0) from bytes at (1, S), (2, S), (1, 2S), (2, 2S) for a*b*s + q*b*s^2 + e*s + c."""
     A, B, C, D = v
     S = float(seq)
     q = ((D - C) - 2 * (B - A)) / (2 * S * S)
     a = (B - A) / S - q * S
     e = (C - A) / S - a - 3 * q * S
     c = A - a * S - q * S * S - e * S
-    return (a, q, e, c)
+    return (a, q, e, c, 0.0)
 
 
-def _mean(terms: list) -> Term:
-    return tuple(sum(t[i] for t in terms) / len(terms) for i in range(4))  # type: ignore[return-value]
+def solve_per_sequence(v: list[float], seq: int) -> Term:
+    """(a, 0, e, c, p) from the same four shapes for a*b*s + e*s + c + p*b: a per-sequence term instead of
+    the quadratic one (a recurrent state per sequence, e.g. linear attention's ``[b, heads, dk, dv]``)."""
+    A, B, C, D = v
+    S = float(seq)
+    aS = (D - C) - (B - A)
+    p = (B - A) - aS
+    eS = (C - A) - aS
+    return (aS / S, 0.0, eS / S, A - aS - eS - p, p)
+
+
+def solve_all(v: list[float], seq: int, check: tuple[int, int]) -> Term | None:
+    """(a, q, e, c, p) from the four shapes and the check shape together (None where they do not fix all
+    five: a check shape of batch > 1 within the sequences of the four). Exact at the five, unchecked."""
+    import numpy as np
+
+    S = float(seq)
+    shapes = [(1, S), (2, S), (1, 2 * S), (2, 2 * S), (float(check[0]), float(check[1]))]
+    m = np.array([[b * s, b * s * s, s, 1.0, b] for b, s in shapes])
+    if abs(np.linalg.det(m)) < 1e-9 * np.abs(m).max() ** 2:
+        return None
+    return tuple(float(x) for x in np.linalg.solve(m, np.array(v[:5], dtype=float)))  # type: ignore[return-value]
+
+
+def value(term: Term, batch: int, seq: int) -> float:
+    """Bytes of ``term`` at (batch, seq)."""
+    a, q, e, c, p = (tuple(term) + (0.0,) * 5)[:5]
+    return a * batch * seq + q * batch * seq * seq + e * seq + c + p * batch
+
+
+def fit(v: list[float], seq: int, check: tuple[int, int], exact: bool = False) -> Term:
+    """A term from the four shapes (``v[:4]``), quadratic in the sequence (attention scores, masks) or with
+    a per-sequence term instead (recurrent states): the one nearer the check shape's bytes (``v[4]``),
+    the quadratic one on a tie or without a check value. (A per-sequence state read as quadratic has
+    ``q = -p / (2 S^2)``: exact at the four shapes, -2p per sequence at 4S, and worse beyond.) With
+    ``exact``, when neither predicts the check shape, all five coefficients from the five shapes."""
+    quadratic = solve(v[:4], seq)
+    if len(v) < 5:
+        return quadratic
+    per_seq = solve_per_sequence(v[:4], seq)
+    miss = abs(value(per_seq, *check) - v[4]) - abs(value(quadratic, *check) - v[4])
+    best = per_seq if miss < -_ROUNDING else quadratic
+    if exact and not _predicts(best, v[4], seq, check):
+        return solve_all(v, seq, check) or best
+    return best
+
+
+_ROUNDING = 512.0   # the allocator's granularity: a closer fit by less is no evidence
 
 
 Curve = tuple[list[float], tuple[str, ...]]   # bytes at each moment, and the op behind each
@@ -53,31 +101,35 @@ def backward_terms(excess: list[dict[int, Curve]], trainable: dict[str, int], se
     (per-token tensors at short sequences, ``[b, heads, s, s]`` ones at long): each moment is solved
     in the (a, q, e, c) basis on its own (the op sequence is the same at every shape) and the moments
     no other one dominates are kept; the engine takes the highest at the planned shape."""
-    if not excess or any(any(i not in e for i in range(n)) for e in excess):  # a layer not seen: recipe only
+    out = _per_kind(excess, seq, check, n, kinds, wkinds, to_model)
+    if out is None:
         return None
-    solved = {i: _envelope([e[i] for e in excess], seq, check) for i in range(n)}
-    per_kind: dict[int, list] = {}
     params: dict[int, list] = {}
     for i in range(n):
         params.setdefault(to_model[wkinds[i]], []).append(trainable.get(f"layer{i}", 0))
-        if i >= 1:
-            per_kind.setdefault(to_model[wkinds[i]], []).extend(solved[i])
-    if kinds[0] not in per_kind:
-        per_kind[kinds[0]] = list(solved[0])
     loss = _envelope([e[n] for e in excess], seq, check) if all(n in e for e in excess) else []
-    return {"layers": [[list(t) for t in _undominated(per_kind.get(k, []))] for k in range(max(kinds) + 1)],
-            "loss": [list(t) for t in loss],
-            "first": [list(t) for t in solved[0]],
-            "params": [sum(params[k]) / len(params[k]) if params.get(k) else 0.0 for k in range(max(kinds) + 1)]}
+    return dict(out, loss=[list(t) for t in loss],
+                params=[sum(params[k]) / len(params[k]) if params.get(k) else 0.0 for k in range(max(kinds) + 1)])
 
 
 def forward_terms(excess: list[dict[int, Curve]], seq: int, check: tuple[int, int], n: int, kinds: list[int],
                   wkinds: list[int], to_model: dict[int, int]) -> dict | None:
-    """What one layer's forward holds on top of the saved activations of the layers before it and outside the
-    layers, per layer kind (absolute): its own saved activations as they are made, and transients freed before
-    it ends (HY-V4's indexer builds a ``[b, s, d, s]`` fp32 product under no_grad; eager attention holds the fp32
-    scores and the mask sum before the softmax). Moments as in :func:`backward_terms`; ``first`` is layer 0's."""
-    if not excess or any(any(i not in e for i in range(n)) for e in excess):
+    """What one layer's forward holds on top of the saved activations of the layers before it (and of
+    the outside region), per layer kind, as undominated moments like :func:`backward_terms`: its own
+    saved tensors so far plus what it frees before it returns. Most layers peak at their end (then the
+    moment is just their saved bytes); a layer whose forward makes large transients does not (the torch
+    chunked gated-delta rule of Qwen3-Next's linear attention builds per-chunk tensors it frees; HY-V4's
+    indexer a ``[b, s, d, s]`` fp32 product under no_grad; eager attention the fp32 scores and the mask sum
+    before the softmax), and where the layers after it save less, the forward of the last such layer is the
+    step's peak."""
+    return _per_kind(excess, seq, check, n, kinds, wkinds, to_model)
+
+
+def _per_kind(excess: list[dict[int, Curve]], seq: int, check: tuple[int, int], n: int, kinds: list[int],
+              wkinds: list[int], to_model: dict[int, int]) -> dict | None:
+    """Each window layer's undominated moments, grouped by the model's layer kinds (layers ``>= 1``;
+    layer 0's kind from layer 0 when it appears nowhere else), and layer 0's own."""
+    if not excess or any(any(i not in e for i in range(n)) for e in excess):  # a layer not seen: recipe only
         return None
     solved = {i: _envelope([e[i] for e in excess], seq, check) for i in range(n)}
     per_kind: dict[int, list] = {}
@@ -116,12 +168,14 @@ def _envelope(curves: list[Curve], seq: int,
             for j in range(block.size):
                 pairs[block.a + j] = values[block.b + j]
         matched = {i: vs + [pairs[i]] for i, vs in matched.items() if i in pairs}
-    good = [(term, vs) for vs in matched.values() if _predicts((term := solve(vs[:4], seq)), vs[4], seq, check)]
+    good = [(term, vs) for vs in matched.values() if _predicts((term := fit(vs, seq, check)), vs[4], seq, check)]
     kept: list[Moment] = [term for term, _ in good]
     peaks = [max(values) for values, _ in curves]
     covered = [max((vs[k] for _, vs in good), default=0.0) for k in range(len(curves))]   # by the kept moments
     if any(c < p - _tolerance(p) for c, p in zip(covered, peaks)) or not kept:
-        term = solve(peaks[:4], seq)
+        term = fit(peaks, seq, check)
+        if not _predicts(term, peaks[4], seq, check):   # a per-sequence state and per-chunk pairs together
+            term = solve_all(peaks, seq, check) or term   # (Mamba-2's chunked scan): all five coefficients
         if _predicts(term, peaks[4], seq, check) or not kept:
             kept.append(term)
         else:
@@ -137,7 +191,7 @@ def _batched(peaks: list[float], seq: int, check: tuple[int, int]) -> list[Momen
     S = float(seq)
     q = (peaks[3] - 2 * peaks[1]) / (4 * S * S)
     a = (peaks[1] - 2 * q * S * S) / (2 * S)
-    term = (a, q, 0.0, 0.0, 2.0)
+    term = (a, q, 0.0, 0.0, 0.0, 2.0)
     if peaks[1] <= peaks[0] * 2 or (check[0] >= 2 and not _predicts(term, peaks[4], seq, check)):
         return []   # not a batch-only peak, or one the fit does not predict
     return [term]
@@ -150,18 +204,20 @@ def _tolerance(measured: float) -> float:
 
 def _predicts(term: Moment, measured: float, seq: int, check: tuple[int, int]) -> bool:
     """Whether ``term`` gives the bytes measured at the check shape."""
-    b, s = check
-    a, q, e, c = term[:4]
-    return abs(a * b * s + q * b * s * s + e * s + c - measured) <= _tolerance(measured)
+    return abs(value(term, *check) - measured) <= _tolerance(measured)
 
 
 def _undominated(terms: list) -> list[Moment]:
     """Terms not below another in every coefficient (the basis' features are all >= 0), among the terms that
     apply at the same batch sizes or more."""
-    terms = sorted({tuple(round(x, 6) for x in t) for t in terms}, reverse=True)
+    def key(t: Any) -> Moment:
+        coeffs = tuple(round(x, 6) for x in (tuple(t) + (0.0,) * 5)[:5])
+        return coeffs + ((float(t[5]),) if len(t) > 5 and t[5] > 1 else ())
+
+    terms = sorted({key(t) for t in terms}, reverse=True)
     kept: list[Moment] = []
     for t in terms:
-        if not any(all(k[j] >= t[j] for j in range(4)) and min_batch(k) <= min_batch(t) for k in kept):
+        if not any(all(k[j] >= t[j] for j in range(5)) and min_batch(k) <= min_batch(t) for k in kept):
             kept.append(t)  # type: ignore[arg-type]
     return kept
 

@@ -108,5 +108,23 @@ def non_tensor_targets_note(arch: ArchSpec, target_modules: str | Sequence[str] 
             f"'dtype'); add exclude_modules={hit} or pass target_modules={ok}. Planned as given")
 
 
+def peft_refused_note(arch: ArchSpec, target_modules: str | Sequence[str] | None) -> str | None:
+    """The note a plan carries when the targets reach linear layers peft's LoRA refuses for this model type
+    (the Mamba mixers' ``out_proj``: ``get_peft_model`` raises before training starts)."""
+    refused = set(arch.extra.get("peft_refused_linears") or ())
+    if not refused:
+        return None
+    try:
+        hit = sorted({f.name for f in targeted_families(arch, target_modules) if f.name in refused})
+    except InvalidSettingError:
+        return None
+    if not hit:
+        return None
+    ok = sorted({f.name for f in arch.linear_families if f.scope != "head" and f.name not in refused})
+    return (f"target_modules={_show(target_modules)} includes {', '.join(hit)}, which peft refuses for "
+            f"{arch.model_type} models (get_peft_model raises \"Module '{hit[0]}' is incompatible with Mamba-based "
+            f"models\"); add exclude_modules={hit} or pass target_modules={ok}. Planned as given")
+
+
 def _show(target_modules: object) -> str:
     return repr(list(target_modules)) if isinstance(target_modules, tuple) else repr(target_modules)

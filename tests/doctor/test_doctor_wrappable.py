@@ -1,4 +1,5 @@
-"""Targets peft selects but cannot run: MoE routers that subclass nn.Linear and return a tuple."""
+"""Targets peft selects but cannot run (MoE routers that subclass nn.Linear and return a tuple) or refuses
+(the Mamba mixers' out_proj)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,36 @@ def test_peft_really_fails_on_the_router_and_trains_without_it():
     fixed(input_ids=ids, labels=ids).loss.backward()
     adapters = [p for n, p in fixed.named_parameters() if "lora_A" in n]
     assert adapters and all(p.grad is not None for p in adapters)
+
+
+def test_all_linear_on_mamba_reaches_the_out_proj_peft_refuses():
+    """peft refuses LoRA on the Mamba mixers' out_proj (asked of peft itself): the doctor says so with the fix,
+    the plan carries the same note, and with exclude_modules=['out_proj'] a real tiny Mamba trains."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lora_doctor.memory.targets import peft_refused_note
+
+    report = diagnose(tiny_config("mamba"), {"target_modules": "all-linear"})
+    found = [f for f in report.findings if f.code == "target-peft-refused"]
+    assert len(found) == 1 and found[0].severity == "error" and not report.ok
+    assert found[0].data["modules"] == ["out_proj"] and "exclude_modules=['out_proj']" in found[0].fix
+    excluded = diagnose(tiny_config("mamba"), {"target_modules": "all-linear", "exclude_modules": ["out_proj"]})
+    assert "target-peft-refused" not in codes(excluded)
+    assert "target-peft-refused" not in codes(diagnose(tiny_config("qwen3"), {"target_modules": "all-linear"}))
+    arch = resolve(tiny_config("mamba")).arch
+    assert arch.extra["peft_refused_linears"] == ["out_proj"]
+    assert "exclude_modules=['out_proj']" in peft_refused_note(arch, "all-linear")
+    assert peft_refused_note(arch, ("in_proj", "x_proj")) is None
+
+    fields = dict(tiny_config("mamba"))
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    with pytest.raises(ValueError, match="incompatible with Mamba-based models"):
+        get_peft_model(AutoModelForCausalLM.from_config(config), LoraConfig(target_modules="all-linear", r=2))
+    fixed = get_peft_model(AutoModelForCausalLM.from_config(config),
+                           LoraConfig(target_modules="all-linear", exclude_modules=["out_proj"], r=2))
+    ids = torch.randint(0, 100, (1, 8))
+    fixed(input_ids=ids, labels=ids).loss.backward()
+    # in_proj and x_proj train; dt_proj's adapter gets no gradient (the mixer reads dt_proj.weight directly)
+    assert all(p.grad is not None for n, p in fixed.named_parameters() if "lora_A" in n and "dt_proj" not in n)
