@@ -71,7 +71,7 @@ def test_a_peak_only_batches_of_two_reach_is_a_moment_from_batch_two():
         curves.append((values, tuple(ops)))
     kept = _envelope(curves, S, shapes[4])
     batched = [m for m in kept if min_batch(m) == 2]
-    assert (300.0, 0.0, 0.0, 0.0) in kept and len(batched) == 1
+    assert (300.0, 0.0, 0.0, 0.0, 0.0) in kept and len(batched) == 1
     res = Residual.from_dict({"layers": [[0] * 4], "first": [0] * 4, "outside": [0] * 4, "logits": [0] * 4,
                               "forward": {"layers": [[list(m) for m in kept]], "first": []}}, [0])
     for b, s in ((1, 1024), (4, 1024)):

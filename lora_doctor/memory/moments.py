@@ -76,7 +76,9 @@ def fit(v: list[float], seq: int, check: tuple[int, int], exact: bool = False) -
         return quadratic
     per_seq = solve_per_sequence(v[:4], seq)
     miss = abs(value(per_seq, *check) - v[4]) - abs(value(quadratic, *check) - v[4])
-    best = per_seq if miss < -_ROUNDING else quadratic
+    # bytes alive per sequence are never negative: a negative p is a batch-1 check shape failing to tell a
+    # per-sequence state from a peak only batches of 2 reach (moments._batched)
+    best = per_seq if miss < -_ROUNDING and per_seq[4] >= -_ROUNDING else quadratic
     if exact and not _predicts(best, v[4], seq, check):
         return solve_all(v, seq, check) or best
     return best
@@ -174,12 +176,13 @@ def _envelope(curves: list[Curve], seq: int,
     covered = [max((vs[k] for _, vs in good), default=0.0) for k in range(len(curves))]   # by the kept moments
     if any(c < p - _tolerance(p) for c, p in zip(covered, peaks)) or not kept:
         term = fit(peaks, seq, check)
+        batched = [] if _predicts(term, peaks[4], seq, check) else _batched(peaks, seq, check)
+        if batched:   # only the batches of 2 reach it (checked before solve_all, which fits any five values)
+            return _undominated(kept + batched)
         if not _predicts(term, peaks[4], seq, check):   # a per-sequence state and per-chunk pairs together
             term = solve_all(peaks, seq, check) or term   # (Mamba-2's chunked scan): all five coefficients
         if _predicts(term, peaks[4], seq, check) or not kept:
             kept.append(term)
-        else:
-            kept += _batched(peaks, seq, check)
     return _undominated(kept)
 
 
