@@ -176,7 +176,7 @@ def _envelope(curves: list[Curve], seq: int,
     covered = [max((vs[k] for _, vs in good), default=0.0) for k in range(len(curves))]   # by the kept moments
     if any(c < p - _tolerance(p) for c, p in zip(covered, peaks)) or not kept:
         term = fit(peaks, seq, check)
-        batched = [] if _predicts(term, peaks[4], seq, check) else _batched(peaks, seq, check)
+        batched = [] if _predicts(term, peaks[4], seq, check) or not kept else _batched(peaks, seq, check)
         if batched:   # only the batches of 2 reach it (checked before solve_all, which fits any five values)
             return _undominated(kept + batched)
         if not _predicts(term, peaks[4], seq, check):   # a per-sequence state and per-chunk pairs together
