@@ -46,6 +46,8 @@ METADATA_FUNCTIONS: dict[str, tuple[tuple[str, str], ...]] = {
         ("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", "get_vision_window_index"),
         ("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", "Qwen2_5_VLModel.get_rope_index"),
     ),
+    # the QSA indexer reads the causal mask's values (``nonzero`` of each query's visible keys)
+    "qwen4_exp_text": (("transformers.models.qwen4_exp.modeling_qwen4_exp", "create_causal_mask"),),
 }
 
 

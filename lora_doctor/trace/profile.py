@@ -65,7 +65,7 @@ def saved_at_backward_start(resolved: ResolvedModel, settings: PlanSettings,
         with fake_mode:
             built.model.train()
             layers = built.model.get_submodule(prefix) if (backward and prefix is not None) else None
-            with balanced_routing(resolved.arch.model_type):
+            with balanced_routing(resolved.arch.model_type, model=built.model):
                 alive = [_forward(built, settings, batch, seq, foreach, layers) for batch, seq in shapes]
     if backward and layers is None:  # no decoder layer list found: no layer to time
         alive = [(records, [], []) for records in alive]
