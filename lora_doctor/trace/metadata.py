@@ -51,6 +51,10 @@ METADATA_FUNCTIONS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
+# text models whose layers read the causal mask's values (Qwen4-Exp's QSA indexer): the mask depends on shapes
+# only, so the derivation's traces (trace/profile.py, fake ids) build it for real too
+MASK_READERS: frozenset[str] = frozenset({"qwen4_exp_text"})
+
 # families whose batch carries real integer tensors the model reads (ids, token types, grids, masks)
 REAL_METADATA: frozenset[str] = frozenset({*METADATA_FUNCTIONS, "gemma3", "idefics3"})
 
