@@ -1,7 +1,7 @@
 """Model types whose trace used to fail (benchmarks/trace_sweep.py --all), one mechanism each: the tiny
 configs (DeepSeek-V2's routing, MLA's key/value heads), the build in the load dtype (GPT-1's causal-mask
 buffer), shared submodules named by their running parent, balanced routing where the model reads it in
-Python (JetMoE, LongCat-Flash), LongCat-Flash's layer count and MiniMax's lightning-attention block."""
+Python (JetMoE, LongCat-Flash, DBRX's looping experts), Qwen4-Exp's real causal mask, LongCat-Flash's layer count and MiniMax's lightning-attention block."""
 
 from __future__ import annotations
 
@@ -78,6 +78,33 @@ def test_balanced_routing_fake_step_matches_real_routing(model_type, rel):
     real = trace_step(resolved, s, fake=False, steps=2, prime=False, foreach=False)
     assert fake.peak_bytes == pytest.approx(real.peak_bytes, rel=rel)
     assert vars(owner)[attr] is original and FakeTensor.tolist is tolist   # restored after the trace
+
+
+def test_looping_experts_are_found_by_code_and_balanced():
+    """DBRX's experts loop over ``nonzero`` of the router's one-hot: found on the model by that code (not by model
+    type), given balanced real indices in the fake trace, restored after; the peak is the real step's."""
+    from lora_doctor.trace.routing import looping_experts
+
+    resolved = resolve(tiny_config("dbrx"))
+    found = looping_experts(resolved.meta_model())
+    assert [cls.__name__ for cls in found] == ["DbrxExperts"]
+    assert looping_experts(resolve(tiny_config("mixtral")).meta_model()) == []   # grouped_mm traces as it is
+    original = vars(found[0])["forward"]
+    s = PlanSettings(mode="lora", target_modules="all-linear", batch_size=2, seq_len=64)
+    fake = trace_step(resolved, s, foreach=False)
+    real = trace_step(resolved, s, fake=False, steps=2, prime=False, foreach=False)
+    assert fake.peak_bytes == pytest.approx(real.peak_bytes, rel=0.005)
+    assert vars(found[0])["forward"] is original
+
+
+def test_qwen4_exp_indexer_reads_a_real_causal_mask():
+    """Qwen4-Exp's QSA indexer runs ``nonzero`` over each query's visible keys: the trace builds its causal mask
+    for real (trace/metadata.py), so the indexer's loop runs as in a real step."""
+    resolved = resolve(tiny_config("qwen4_exp_text"))
+    s = PlanSettings(mode="lora", target_modules="all-linear", batch_size=1, seq_len=32)
+    fake = trace_step(resolved, s, foreach=False)
+    real = trace_step(resolved, s, fake=False, steps=2, prime=False, foreach=False)
+    assert fake.peak_bytes == pytest.approx(real.peak_bytes, rel=0.005)
 
 
 def test_balanced_assignments():

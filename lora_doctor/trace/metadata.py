@@ -46,8 +46,14 @@ METADATA_FUNCTIONS: dict[str, tuple[tuple[str, str], ...]] = {
         ("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", "get_vision_window_index"),
         ("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", "Qwen2_5_VLModel.get_rope_index"),
     ),
+    # the QSA indexer reads the causal mask's values (``nonzero`` of each query's visible keys)
+    "qwen4_exp_text": (("transformers.models.qwen4_exp.modeling_qwen4_exp", "create_causal_mask"),),
 }
 
+
+# text models whose layers read the causal mask's values (Qwen4-Exp's QSA indexer): the mask depends on shapes
+# only, so the derivation's traces (trace/profile.py, fake ids) build it for real too
+MASK_READERS: frozenset[str] = frozenset({"qwen4_exp_text"})
 
 # families whose batch carries real integer tensors the model reads (ids, token types, grids, masks)
 REAL_METADATA: frozenset[str] = frozenset({*METADATA_FUNCTIONS, "gemma3", "idefics3"})

@@ -28,6 +28,7 @@ from ..torch_dtypes import torch_dtype as dtype_of
 from .build import build_model
 from .modules import module_scope
 from .patches import quiet_third_party, real_batch_decisions
+from .metadata import MASK_READERS, real_metadata
 from .routing import balanced_routing
 
 
@@ -65,7 +66,8 @@ def saved_at_backward_start(resolved: ResolvedModel, settings: PlanSettings,
         with fake_mode:
             built.model.train()
             layers = built.model.get_submodule(prefix) if (backward and prefix is not None) else None
-            with balanced_routing(resolved.arch.model_type):
+            mask = real_metadata(resolved.arch.model_type) if resolved.arch.model_type in MASK_READERS else nullcontext()
+            with balanced_routing(resolved.arch.model_type, model=built.model), mask:
                 alive = [_forward(built, settings, batch, seq, foreach, layers) for batch, seq in shapes]
     if backward and layers is None:  # no decoder layer list found: no layer to time
         alive = [(records, [], []) for records in alive]

@@ -8,10 +8,13 @@ over the experts and size each expert's batch from the router's output, which a 
 * JetMoE's ``JetMoeTopKGating`` turns the tokens per expert into a Python list (``.tolist()``) to split
   the sorted tokens;
 * LongCat-Flash's experts find the experts hit (``nonzero``, ``.item()``) and each one's tokens
-  (``torch.where``) from a one-hot of the router's top-k indices.
+  (``torch.where``) from a one-hot of the router's top-k indices;
+* any experts module with transformers' experts interface, ``forward(hidden_states, top_k_index,
+  top_k_weights)``, whose own code calls ``nonzero`` (DBRX's ``DbrxExperts``; the same loop as LongCat-Flash's):
+  found on the built model by that code pattern (:func:`looping_experts`), not by model type.
 
-The trace answers both as a balanced router does: every expert gets ``tokens * top_k / experts`` of the
-assignments (JetMoE: the list of counts; LongCat-Flash: *real* top-k indices, token ``t``'s ``j``-th choice
+The trace answers all of them as a balanced router does: every expert gets ``tokens * top_k / experts`` of the
+assignments (JetMoE: the list of counts; LongCat-Flash and the looping experts: *real* top-k indices, token ``t``'s ``j``-th choice
 being expert ``(t * top_k + j) mod experts``, from which the mask, the experts hit and each expert's
 tokens are computed for real by :class:`~lora_doctor.trace.metadata.RealMetadata`). What the experts keep
 for backward adds up to ``tokens * top_k`` rows whichever experts get them, so the balance only matters
@@ -85,11 +88,68 @@ ROUTERS: dict[str, tuple[str, str, Callable[[Callable[..., Any]], Callable[..., 
 }
 
 
+# the parameters of transformers' experts interface, and the calls that make its loop read the routing's values
+EXPERTS_PARAMETERS = ("hidden_states", "top_k_index", "top_k_weights")
+VALUE_READS = frozenset({"nonzero", "tolist", "item"})
+
+
+def looping_experts(model: torch.nn.Module | None) -> list[type]:
+    """The experts classes in ``model`` that take ``(hidden_states, top_k_index, top_k_weights)`` and whose own
+    ``forward`` reads values (``nonzero`` & co. in its code). Decorated classes (``use_experts_implementation``)
+    are not matched: their wrapper's code reads nothing, and the grouped/batched kernels it picks trace as they are."""
+    found: list[type] = []
+    for module in (model.modules() if model is not None else ()):
+        forward = vars(type(module)).get("forward")
+        code = getattr(forward, "__code__", None)
+        if code is None or type(module) in found:
+            continue
+        if code.co_varnames[1:4] == EXPERTS_PARAMETERS and VALUE_READS & set(code.co_names):
+            found.append(type(module))
+    return found
+
+
+def _balanced_experts(original: Callable[..., Any]) -> Callable[..., Any]:
+    def forward(self: Any, hidden_states: torch.Tensor, top_k_index: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        experts = getattr(self, "num_experts", None)
+        if isinstance(top_k_index, FakeTensor) and isinstance(experts, int) and top_k_index.dim() == 2:
+            tokens, top_k = (int(n) for n in top_k_index.shape)
+            top_k_index = balanced_topk(tokens, top_k, experts)
+        return original(self, hidden_states, top_k_index, *args, **kwargs)
+
+    return forward
+
+
 @contextmanager
-def balanced_routing(model_type: str, fake: bool = True) -> Iterator[None]:
-    """Replace ``model_type``'s routing read (:data:`ROUTERS`) for a fake trace; a no-op for every other
-    model and for a real run (``fake=False``), which routes as the model does."""
-    entry = ROUTERS.get(model_type) if fake else None
+def balanced_routing(model_type: str, fake: bool = True, model: torch.nn.Module | None = None) -> Iterator[None]:
+    """Replace ``model_type``'s routing read (:data:`ROUTERS`) and the forward of ``model``'s looping experts
+    (:func:`looping_experts`) for a fake trace; a no-op for every other model and for a real run
+    (``fake=False``), which routes as the model does."""
+    if not fake:
+        yield
+        return
+    experts = looping_experts(model)
+    with _experts_balanced(experts) if experts else nullcontext(), _router_balanced(model_type):
+        yield
+
+
+@contextmanager
+def _experts_balanced(classes: list[type]) -> Iterator[None]:
+    originals = [(cls, vars(cls)["forward"]) for cls in classes]
+    for cls, original in originals:
+        cls.forward = _balanced_experts(original)  # type: ignore[attr-defined]
+    try:
+        with _real_one_hot(), RealMetadata():
+            yield
+    finally:
+        for cls, original in originals:
+            cls.forward = original  # type: ignore[attr-defined]
+
+
+@contextmanager
+def _router_balanced(model_type: str) -> Iterator[None]:
+    entry = ROUTERS.get(model_type)
     if entry is None or entry[0] not in sys.modules:   # loaded when the model was built; never imported here
         yield
         return

@@ -114,7 +114,7 @@ def _trace_step(resolved: ResolvedModel, settings: PlanSettings, *, fake: bool, 
             prime_optimizer(optimizer, built.trainable)
             timeline.relabel(optimizer_state_tensors(optimizer), state_label)
         with real_batch_decisions(cuda_kernels=foreach), real_metadata(resolved.arch.model_type), \
-                balanced_routing(resolved.arch.model_type, fake), timeline, module_scope(built.model, lambda name: setattr(timeline, "module", name)):
+                balanced_routing(resolved.arch.model_type, fake, built.model), timeline, module_scope(built.model, lambda name: setattr(timeline, "module", name)):
             run_training_steps(
                 built.model, batch, optimizer, steps=steps, autocast_dtype=autocast, foreach=foreach,
                 on_phase=timeline.set_phase,
