@@ -93,16 +93,10 @@ def non_tensor_targets_note(arch: ArchSpec, target_modules: str | Sequence[str] 
     """The note a plan carries when the targets reach linear layers peft's LoRA cannot wrap: ``nn.Linear``
     subclasses whose forward returns a tuple (MoE routers of PhiMoE and Llama-4), which ``"all-linear"``
     selects by class. peft's LoRA layer reads the output's ``.dtype``, so the first forward raises."""
-    bad = set(arch.extra.get("non_tensor_linears") or ())
-    if not bad:
+    split = _unwrappable(arch, target_modules, "non_tensor_linears")
+    if split is None:
         return None
-    try:
-        hit = sorted({f.name for f in targeted_families(arch, target_modules) if f.name in bad})
-    except InvalidSettingError:
-        return None
-    if not hit:
-        return None
-    ok = sorted({f.name for f in arch.linear_families if f.scope != "head" and f.name not in bad})
+    hit, ok = split
     return (f"target_modules={_show(target_modules)} wraps {', '.join(hit)}: a linear layer whose forward returns a "
             "tuple (an MoE router), so peft's LoRA layer fails at the first forward ('tuple' object has no attribute "
             f"'dtype'); add exclude_modules={hit} or pass target_modules={ok}. Planned as given")
@@ -111,19 +105,29 @@ def non_tensor_targets_note(arch: ArchSpec, target_modules: str | Sequence[str] 
 def peft_refused_note(arch: ArchSpec, target_modules: str | Sequence[str] | None) -> str | None:
     """The note a plan carries when the targets reach linear layers peft's LoRA refuses for this model type
     (the Mamba mixers' ``out_proj``: ``get_peft_model`` raises before training starts)."""
-    refused = set(arch.extra.get("peft_refused_linears") or ())
-    if not refused:
+    split = _unwrappable(arch, target_modules, "peft_refused_linears")
+    if split is None:
+        return None
+    hit, ok = split
+    return (f"target_modules={_show(target_modules)} includes {', '.join(hit)}, which peft refuses for "
+            f"{arch.model_type} models (get_peft_model raises \"Module '{hit[0]}' is incompatible with Mamba-based "
+            f"models\"); add exclude_modules={hit} or pass target_modules={ok}. Planned as given")
+
+
+def _unwrappable(arch: ArchSpec, target_modules: str | Sequence[str] | None,
+                 field: str) -> tuple[list[str], list[str]] | None:
+    """(targeted families listed in ``arch.extra[field]``, the non-head families outside it), or None when the
+    targets reach none of them (or cannot be resolved: the plan says so elsewhere)."""
+    bad = set(arch.extra.get(field) or ())
+    if not bad:
         return None
     try:
-        hit = sorted({f.name for f in targeted_families(arch, target_modules) if f.name in refused})
+        hit = sorted({f.name for f in targeted_families(arch, target_modules) if f.name in bad})
     except InvalidSettingError:
         return None
     if not hit:
         return None
-    ok = sorted({f.name for f in arch.linear_families if f.scope != "head" and f.name not in refused})
-    return (f"target_modules={_show(target_modules)} includes {', '.join(hit)}, which peft refuses for "
-            f"{arch.model_type} models (get_peft_model raises \"Module '{hit[0]}' is incompatible with Mamba-based "
-            f"models\"); add exclude_modules={hit} or pass target_modules={ok}. Planned as given")
+    return hit, sorted({f.name for f in arch.linear_families if f.scope != "head" and f.name not in bad})
 
 
 def _show(target_modules: object) -> str:
