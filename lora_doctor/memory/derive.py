@@ -28,7 +28,7 @@ from ..arch import ArchSpec
 from ..plan_types import PlanSettings
 from . import layer_terms
 from .analytic import recipe_regions
-from .moments import Curve, backward_terms, check_shape, fit as _fit, forward_terms
+from .moments import Curve, backward_terms, check_shape, coefficients, fit as _fit, forward_terms
 from .targets import FALLBACK_TARGETS
 from .window import _layer_list, _renumber, _window_resolved, _window_size, layer_kinds  # noqa: F401 - re-exported
 
@@ -177,7 +177,7 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
     regions = {r for smp in samples for r in smp}   # the fifth shape checks the fits (moments.fit)
     solved = {r: _fit([smp.get(r, 0.0) for smp in samples], seq, check, exact=True) for r in regions}
     recipe = recipe_regions(arch, replace(s, batch_size=1, seq_len=seq), device)
-    zero = (0.0, 0.0, 0.0, 0.0, 0.0)
+    zero = layer_terms.ZERO
     to_model = {wk: k for wk, k in zip(wkinds, kinds[:n])}  # window kind ids -> the model's
     layers: dict[int, list] = {}
     for i in range(1, n):
@@ -205,8 +205,7 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
 
 
 def _sub(x: tuple, y: tuple) -> tuple[float, ...]:
-    pad = (0.0,) * 5
-    return tuple(float(i) - float(j) for i, j in zip((tuple(x) + pad)[:5], (tuple(y) + pad)[:5]))
+    return tuple(float(i) - float(j) for i, j in zip(coefficients(x), coefficients(y)))
 
 
 def _mean(terms: list) -> tuple[float, ...]:

@@ -59,6 +59,7 @@ from typing import Any, Callable
 
 from ..arch import ArchSpec, LinearFamily
 from ..plan_types import PlanSettings
+from .moments import coefficients
 from .tables import DTYPE_BYTES
 from .targets import FALLBACK_TARGETS, normalize_targets, targeted_families
 
@@ -174,7 +175,7 @@ class Residual:
     forward_first: tuple[Term, ...] = ()         # the same for layer 0
 
     def term(self, t: Term, tokens: int, seq: int) -> float:
-        a, q, e, c, p = (tuple(t) + (0.0,) * 5)[:5]
+        a, q, e, c, p = coefficients(t)
         value = self.scale * (a * tokens + q * tokens * seq + e * seq + c + p * tokens / max(seq, 1))
         return max(value, 0.0) if self.only_adds else value
 
@@ -200,8 +201,7 @@ class Residual:
     @classmethod
     def from_dict(cls, data: dict, kinds: list[int], scale: float = 1.0, key: str = "",
                   only_adds: bool = False) -> "Residual":
-        def term(t: list) -> Term:
-            return tuple((list(t) + [0.0] * 5)[:5])  # type: ignore[return-value]
+        term = coefficients
 
         def moment(t: list) -> Term:   # a term, and the batch size it applies from when it has one
             return tuple(list(term(t)) + list(t[5:6]))  # type: ignore[return-value]

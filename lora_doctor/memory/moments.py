@@ -59,9 +59,15 @@ def solve_all(v: list[float], seq: int, check: tuple[int, int]) -> Term | None:
     return tuple(float(x) for x in np.linalg.solve(m, np.array(v[:5], dtype=float)))  # type: ignore[return-value]
 
 
+def coefficients(term: Any) -> Term:
+    """``(a, q, e, c, p)`` of a term or moment: a stored 4-number term has no ``p``; a moment's sixth number
+    (the batch it applies from) is not a coefficient."""
+    return tuple((tuple(term) + (0.0,) * 5)[:5])  # type: ignore[return-value]
+
+
 def value(term: Term, batch: int, seq: int) -> float:
     """Bytes of ``term`` at (batch, seq)."""
-    a, q, e, c, p = (tuple(term) + (0.0,) * 5)[:5]
+    a, q, e, c, p = coefficients(term)
     return a * batch * seq + q * batch * seq * seq + e * seq + c + p * batch
 
 
@@ -214,7 +220,7 @@ def _undominated(terms: list) -> list[Moment]:
     """Terms not below another in every coefficient (the basis' features are all >= 0), among the terms that
     apply at the same batch sizes or more."""
     def key(t: Any) -> Moment:
-        coeffs = tuple(round(x, 6) for x in (tuple(t) + (0.0,) * 5)[:5])
+        coeffs = tuple(round(x, 6) for x in coefficients(t))
         return coeffs + ((float(t[5]),) if len(t) > 5 and t[5] > 1 else ())
 
     terms = sorted({key(t) for t in terms}, reverse=True)
