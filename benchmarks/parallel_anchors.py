@@ -57,8 +57,8 @@ def deepspeed_gpu(stage: int, offload: str | None, total: int, largest: int, n: 
 
 
 def anchors(n: int = 8) -> None:
-    print(f"| model | strategy | DeepSpeed estimate GiB/GPU | ours: model states GiB/GPU | plan: states at step | "
-          f"plan: peak (seq 512) |")
+    print("| model | strategy | DeepSpeed estimate GiB/GPU | ours: model states GiB/GPU | plan: states at step | "
+          "plan: peak (seq 512) |")
     print("|---|---|---:|---:|---:|---:|")
     for name, dims in MODELS.items():
         total, largest = meta_counts(dims)

@@ -73,9 +73,10 @@ def compare(model_type: str) -> tuple[dict[str, float], str]:
 
 def _wrappable(arch: Any, s: PlanSettings) -> tuple[PlanSettings, str]:
     """all-linear without the linear layers peft's LoRA cannot wrap (routers returning a tuple: the
-    doctor's target-non-tensor-output) or refuses (the Mamba mixers' out_proj: target-peft-refused), as a
+    doctor's target-non-tensor-output; DeepSeek-V4's grouped o_a_proj: target-reshaped-output) or refuses (the Mamba mixers' out_proj: target-peft-refused), as a
     user following the doctor's fix would run it."""
-    bad = set(arch.extra.get("non_tensor_linears") or ()) | set(arch.extra.get("peft_refused_linears") or ())
+    bad = {name for field in ("non_tensor_linears", "reshaping_linears", "peft_refused_linears")
+           for name in arch.extra.get(field) or ()}
     if s.mode == "full" or not bad or s.target_modules != "all-linear":
         return s, ""
     names = sorted({f.name for f in arch.linear_families if f.scope != "head" and f.name not in bad})

@@ -14,6 +14,7 @@ from typing import Any
 from .arch import ArchSpec, LinearFamily
 from .errors import UnsupportedModelError
 from .introspect_towers import LOSS_IN_LOGITS_DTYPE, detect_towers, layout_for, text_overrides, tower_scope
+from .linear_probe import RESHAPED, TUPLE, linears_by_output, peft_refused_linears
 
 # Activation recipe per model_type (see lora_doctor.memory.activations); unknown types use "generic".
 BLOCK_RECIPES: dict[str, str] = {
@@ -195,8 +196,7 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
         default_targets=default_lora_targets(config.model_type),
         num_experts=int(getattr(text, "num_local_experts", 0) or getattr(text, "num_experts", 0) or 0),
         experts_per_token=int(getattr(text, "num_experts_per_tok", 0) or 0),
-        extra=dict(_extra_fields(text), **({"non_tensor_linears": bad} if (bad := non_tensor_linears(model)) else {}),
-                   **({"peft_refused_linears": no} if (no := peft_refused_linears(model)) else {})),
+        extra=dict(_extra_fields(text), **_unwrappable_extra(model)),
         towers=towers,
         buffer_bytes=int(sum(b.numel() * b.element_size() for b in model.buffers())),
         load_dtype_buffer_params=load_dtype_buffer_params(model, config),
@@ -268,41 +268,6 @@ def bnb_converts(module: Any) -> bool:
     return type(module).__module__.split(".", 1)[0] == "bitsandbytes"
 
 
-def returns_tensor(module: Any) -> bool | None:
-    """Whether an ``nn.Linear`` (subclass) returns one tensor, as peft's LoRA layer assumes (it reads the
-    output's ``.dtype``). A subclass with its own ``forward`` (MoE routers: PhiMoE's, Llama-4's return
-    ``(scores, indices)``) is called once on a 2-row input on its weight's device (meta: no compute);
-    None when that call fails (not known)."""
-    import torch
-    import torch.nn as nn
-
-    if not isinstance(module, nn.Linear) or type(module).forward is nn.Linear.forward:
-        return True
-    weight = getattr(module, "weight", None)
-    if weight is None or weight.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        return None   # a quantized weight: its own kernels, not a router
-    try:
-        with torch.no_grad():
-            out = module(torch.zeros(2, int(module.in_features), device=weight.device, dtype=weight.dtype))
-    except Exception:  # model code that needs more than one input
-        return None
-    return isinstance(out, torch.Tensor)
-
-
-def non_tensor_linears(model: Any) -> list[str]:
-    """Names (last path component) of linear layers whose forward does not return one tensor."""
-    import torch.nn as nn
-
-    names: set[str] = set()
-    verdict: dict[type, bool | None] = {}
-    for path, module in model.named_modules():
-        if isinstance(module, nn.Linear) and type(module) not in verdict:
-            verdict[type(module)] = returns_tensor(module)
-        if isinstance(module, nn.Linear) and verdict[type(module)] is False:
-            names.add(path.rsplit(".", 1)[-1])
-    return sorted(names)
-
-
 # model type -> the config field counting its decoder layer modules, where ``num_hidden_layers`` counts
 # something else (LongCat-Flash: two attention sublayers per decoder layer, ``num_hidden_layers = 2 * num_layers``)
 LAYER_COUNT_FIELDS: dict[str, str] = {"longcat_flash": "num_layers"}
@@ -318,27 +283,14 @@ def layer_count_field(text: Any) -> str:
 LINEAR_ATTENTION_BLOCK: dict[str, str] = {"minimax": "block_size"}
 
 
-def peft_refused_linears(model: Any) -> list[str]:
-    """Names (last path component) of linear layers peft's LoRA refuses for this model type, asked of peft
-    itself: peft 0.21's ``get_peft_model`` raises "Module 'out_proj' is incompatible with Mamba-based models"
-    for the Mamba mixers' ``out_proj`` of mamba, mamba2, falcon_mamba, falcon_h1 and nemotron_h, and
-    ``"all-linear"`` selects it (no exclusion of its own)."""
-    import torch.nn as nn
-
-    try:
-        from peft import LoraConfig
-        from peft.tuners.tuners_utils import _check_lora_target_modules_mamba as refuses
-    except ImportError:  # a peft without the check: nothing refused
-        return []
-    config = LoraConfig(target_modules="all-linear")
-    names = {path.rsplit(".", 1)[-1] for path, m in model.named_modules() if isinstance(m, nn.Linear)}
-    out = []
-    for name in sorted(names):
-        try:
-            refuses(config, model, name)
-        except ValueError:
-            out.append(name)
-    return out
+def _unwrappable_extra(model: Any) -> dict[str, list[str]]:
+    """The linear layers peft's LoRA cannot run (``non_tensor_linears``: a tuple output;
+    ``reshaping_linears``: an output not ``[..., out_features]``) or refuses (``peft_refused_linears``),
+    by their last path component; only the kinds the model has (:mod:`.linear_probe`)."""
+    by_output = linears_by_output(model)
+    found = {"non_tensor_linears": by_output.get(TUPLE), "reshaping_linears": by_output.get(RESHAPED),
+             "peft_refused_linears": peft_refused_linears(model)}
+    return {k: v for k, v in found.items() if v}
 
 
 def _extra_fields(text: Any) -> dict:

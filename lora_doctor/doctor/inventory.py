@@ -32,7 +32,8 @@ class ModuleEntry:
     scope: str = "other"       # blocks | encoder | decoder | head | embedding | vision | projector | other
     quantized: bool = False
     bnb_converts: bool = False # a 4-bit / 8-bit load would quantize it (exact nn.Linear or Conv1D, or already done)
-    returns_tensor: bool | None = True   # False: its forward returns a tuple (an MoE router); None: not known
+    returns_tensor: bool = True    # False: its forward returns a tuple (an MoE router)
+    reshapes_output: bool = False  # its forward returns a tensor not shaped [..., out_features] (a grouped projection)
     peft_refuses: bool = False  # peft's LoRA refuses it for this model type (the Mamba mixers' out_proj)
 
 
@@ -120,13 +121,13 @@ def gather(model: Any) -> ModuleInventory:
             head_path = unwrapped
         if inputs is not None and input_path is None and (module is inputs or getattr(module, "base_layer", None) is inputs):
             input_path = unwrapped
-    from ..introspect import peft_refused_linears, returns_tensor
+    from ..linear_probe import RESHAPED, TUPLE, linear_output, peft_refused_linears
 
     refused = set(peft_refused_linears(base))
 
     entries: list[ModuleEntry] = []
     experts: list[tuple[str, tuple[int, ...]]] = []
-    output_kind: dict[type, bool | None] = {}   # probed once per class
+    output_kind: dict[type, str | None] = {}   # probed once per class
     for path, module in base.named_modules():
         if not path or _ADAPTER_PART.search(path):
             continue
@@ -136,11 +137,12 @@ def gather(model: Any) -> ModuleInventory:
         quantized = type(weight).__name__ in ("Params4bit", "Int8Params")
         layer = getattr(module, "base_layer", module)
         if kind == "linear" and type(layer) not in output_kind:
-            output_kind[type(layer)] = returns_tensor(layer)
+            output_kind[type(layer)] = linear_output(layer)
         entries.append(ModuleEntry(path, kind, type(layer).__name__, in_f, out_f,
                                    scope_of(path, kind, head_path, enc_dec), quantized,
                                    bnb_converts=kind in LINEAR_KINDS and (quantized or bnb_converts(layer)),
-                                   returns_tensor=output_kind.get(type(layer), True) if kind == "linear" else True,
+                                   returns_tensor=kind != "linear" or output_kind[type(layer)] != TUPLE,
+                                   reshapes_output=kind == "linear" and output_kind[type(layer)] == RESHAPED,
                                    peft_refuses=kind == "linear" and path.rsplit(".", 1)[-1] in refused))
     params: list[str] = []
     for raw_name, param in base.named_parameters():
@@ -154,3 +156,4 @@ def gather(model: Any) -> ModuleInventory:
                 and head.weight is getattr(inputs, "weight", None))
     return ModuleInventory(getattr(config, "model_type", type(base).__name__), entries, tied, enc_dec, experts, params,
                            input_path)
+

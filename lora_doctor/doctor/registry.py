@@ -30,6 +30,8 @@ _CODES: tuple[CheckCode, ...] = (
     CheckCode("target-unsupported-type", (_E,), "targets", "a pattern matches a module type LoRA cannot wrap"),
     CheckCode("target-non-tensor-output", (_E,), "targets",
               "a targeted linear layer returns a tuple (MoE router); peft's LoRA layer fails on it"),
+    CheckCode("target-reshaped-output", (_E,), "targets",
+              "a targeted linear layer's output is not [..., out_features] (grouped projection); peft's LoRA fails on it"),
     CheckCode("target-peft-refused", (_E,), "targets",
               "peft refuses a targeted layer for this model type (Mamba's out_proj); get_peft_model raises"),
     CheckCode("target-output-head", (_W,), "targets", "the output head (lm_head) is adapted"),

@@ -10,7 +10,7 @@ from .matching import (ATTENTION_ROLES, FUSED_NAMES, MLP_ROLES, NAME_ROLES, Targ
                        nearest_names, roles_of)
 from .registry import finding
 from .settings import LoraSettings
-from .wrappable import check_non_tensor_targets, check_peft_refused_targets
+from .wrappable import check_non_tensor_targets, check_peft_refused_targets, check_reshaped_targets
 
 
 def _some(names: list[str], n: int = 3) -> str:
@@ -197,7 +197,7 @@ def check_moe(s: LoraSettings, inv: ModuleInventory, m: TargetMatch) -> list[Fin
 
 
 TARGET_CHECKS: tuple[Callable[[LoraSettings, ModuleInventory, TargetMatch], list[Finding]], ...] = (
-    check_unmatched, check_target_parameters, check_unsupported, check_non_tensor_targets, check_peft_refused_targets,
-    check_unusual,
+    check_unmatched, check_target_parameters, check_unsupported, check_non_tensor_targets, check_reshaped_targets,
+    check_peft_refused_targets, check_unusual,
     check_coverage, check_fan_in_fan_out, check_fused, check_moe,
 )

@@ -16,7 +16,7 @@ from ..plan_types import TENSOR_TERMS, MemoryPlan, PlanSettings
 from .activations import RECIPES
 from .analytic import PhaseTotals, with_extra_terms
 from .persistent import persistent_terms
-from .targets import non_tensor_targets_note, peft_refused_note, targeted_families
+from .targets import non_tensor_targets_note, peft_refused_note, reshaped_targets_note, targeted_families
 from .workload import device_reserves, workload_peak
 from .overhead import device_terms
 from .towers import TowerTerms, phase_hooks, tower_terms
@@ -46,7 +46,7 @@ def analytic_plan(resolved: ResolvedModel, s: PlanSettings, device: str = "cuda"
     where = placement_note(resolved.arch, s.target_modules) if s.mode != "full" else None
     if where:
         notes.append(where)
-    for note in (non_tensor_targets_note, peft_refused_note):
+    for note in (non_tensor_targets_note, reshaped_targets_note, peft_refused_note):
         unwrappable = note(resolved.arch, s.target_modules) if s.mode != "full" else None
         if unwrappable:
             notes.append(unwrappable)

@@ -102,6 +102,20 @@ def non_tensor_targets_note(arch: ArchSpec, target_modules: str | Sequence[str] 
             f"'dtype'); add exclude_modules={hit} or pass target_modules={ok}. Planned as given")
 
 
+def reshaped_targets_note(arch: ArchSpec, target_modules: str | Sequence[str] | None) -> str | None:
+    """The note a plan carries when the targets reach linear layers whose forward does not return
+    ``[..., out_features]`` (DeepSeek-V4's grouped ``o_a_proj``): peft adds LoRA's ``[..., out_features]``
+    output to it, so the first forward raises."""
+    split = _unwrappable(arch, target_modules, "reshaping_linears")
+    if split is None:
+        return None
+    hit, ok = split
+    return (f"target_modules={_show(target_modules)} wraps {', '.join(hit)}: a grouped linear layer whose output is "
+            "not [..., out_features], so adding peft's LoRA output fails at the first forward (RuntimeError: the size "
+            f"of tensor a must match the size of tensor b); add exclude_modules={hit} or pass target_modules={ok}. "
+            "Planned as given")
+
+
 def peft_refused_note(arch: ArchSpec, target_modules: str | Sequence[str] | None) -> str | None:
     """The note a plan carries when the targets reach linear layers peft's LoRA refuses for this model type
     (the Mamba mixers' ``out_proj``: ``get_peft_model`` raises before training starts)."""

@@ -92,3 +92,44 @@ def test_all_linear_on_mamba_reaches_the_out_proj_peft_refuses():
     fixed(input_ids=ids, labels=ids).loss.backward()
     # in_proj and x_proj train; dt_proj's adapter gets no gradient (the mixer reads dt_proj.weight directly)
     assert all(p.grad is not None for n, p in fixed.named_parameters() if "lora_A" in n and "dt_proj" not in n)
+
+
+def test_a_grouped_projection_whose_output_is_not_out_features_is_an_error_and_really_fails():
+    """DeepSeek-V4's DeepseekV4GroupedLinear (o_a_proj) maps [..., groups, in/groups] to [..., groups, out/groups]:
+    the probe finds it, the doctor and the plan say so with the fix, and on a real tiny model all-linear fails at
+    the first forward while exclude_modules=['o_a_proj'] trains."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lora_doctor.linear_probe import RESHAPED, TENSOR, linear_output
+    from lora_doctor.memory.targets import reshaped_targets_note
+
+    report = diagnose(tiny_config("deepseek_v4"), {"target_modules": "all-linear"})
+    found = [f for f in report.findings if f.code == "target-reshaped-output"]
+    assert len(found) == 1 and found[0].severity == "error" and not report.ok
+    assert found[0].data["modules"] == ["o_a_proj"] and found[0].data["classes"] == ["DeepseekV4GroupedLinear"]
+    assert "exclude_modules=['o_a_proj']" in found[0].fix
+    excluded = diagnose(tiny_config("deepseek_v4"), {"target_modules": "all-linear", "exclude_modules": ["o_a_proj"]})
+    assert "target-reshaped-output" not in codes(excluded)
+    arch = resolve(tiny_config("deepseek_v4")).arch
+    assert arch.extra["reshaping_linears"] == ["o_a_proj"] and "non_tensor_linears" not in arch.extra
+    assert "exclude_modules=['o_a_proj']" in reshaped_targets_note(arch, "all-linear")
+    assert reshaped_targets_note(arch, ("q_a_proj", "o_b_proj")) is None
+
+    fields = dict(tiny_config("deepseek_v4"))
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    model = AutoModelForCausalLM.from_config(config)
+    grouped = model.get_submodule("model.layers.0.self_attn.o_a_proj")
+    assert linear_output(grouped) == RESHAPED
+    assert linear_output(model.get_submodule("model.layers.0.self_attn.o_b_proj")) == TENSOR
+    ids = torch.randint(0, 100, (1, 8))
+    broken = get_peft_model(model, LoraConfig(target_modules="all-linear", r=2))
+    with pytest.raises(RuntimeError, match="must match the size of tensor b"):
+        broken(input_ids=ids, labels=ids)
+    fixed = get_peft_model(AutoModelForCausalLM.from_config(config),
+                           LoraConfig(target_modules="all-linear", exclude_modules=["o_a_proj"], r=2))
+    fixed(input_ids=ids, labels=ids).loss.backward()
+    # the compressors run from compress_ratio tokens on, and the indexer only picks top-k positions
+    adapters = [p for n, p in fixed.named_parameters() if "lora_A" in n and "compressor" not in n]
+    assert len(adapters) == 4 * 7 and all(p.grad is not None for p in adapters)
