@@ -87,6 +87,9 @@ def run_dry_run(model: Any) -> list[Finding]:
     was_training = model.training
     for p in trainable.values():
         p.grad = None
+    called: set[str] = set()
+    hooks = [m.register_forward_hook(lambda mod, args, out, name=name: called.add(name))
+             for name, m in model.named_modules() if hasattr(m, "lora_A")]
     try:
         model.train()
         loss = _forward_loss(model)
@@ -103,6 +106,8 @@ def run_dry_run(model: Any) -> list[Finding]:
                         f"{type(exc).__name__}: {exc}", "Fix the error above before training; it will happen on "
                         "the first step.", exception=type(exc).__name__)]
     finally:
+        for h in hooks:
+            h.remove()
         for n, p in trainable.items():
             p.grad = saved[n]
         model.train(was_training)
@@ -110,10 +115,7 @@ def run_dry_run(model: Any) -> list[Finding]:
     bad = sorted(n for n, g in grads.items() if g is not None and not bool(torch.isfinite(g).all()))
     out = []
     if missing:
-        out.append(finding("dry-run-no-grad", f"{len(missing)} of {len(grads)} trainable parameters got no gradient "
-                           f"(e.g. {missing[0]}): they never train.", "Check gradient checkpointing "
-                           "(enable_input_require_grads) and that these modules are on the forward path.",
-                           parameters=missing))
+        out.append(_no_grad(missing, len(grads), called))
     if not bool(torch.isfinite(loss.detach()).all()) or bad:
         out.append(finding("dry-run-non-finite", f"non-finite loss ({float(loss.detach()):.4g}) or gradients "
                            f"({len(bad)} parameters, e.g. {bad[0] if bad else '-'}).", "Check the dtypes (fp16 "
@@ -127,6 +129,24 @@ def run_dry_run(model: Any) -> list[Finding]:
                            f"{len(grads)} trainable parameters got finite gradients (loss {float(loss.detach()):.3f}).",
                            "Nothing to fix.", parameters=len(grads), loss=float(loss.detach())))
     return out
+
+
+def _no_grad(missing: list[str], total: int, called: set[str]) -> Finding:
+    """Why parameters got no gradient: an adapted layer whose forward never ran (the model reads its weight
+    directly, as Mamba's mixer reads ``dt_proj.weight``, or runs it only on longer inputs) never adds LoRA's
+    delta; otherwise the output is cut off from the loss (an index, a detached path) or checkpointing froze it."""
+    layers = {n.split(".lora_", 1)[0] for n in missing if ".lora_" in n}
+    skipped = sorted(layers - called)
+    message = f"{len(missing)} of {total} trainable parameters got no gradient (e.g. {missing[0]}): they never train."
+    if not skipped:
+        return finding("dry-run-no-grad", message, "Check gradient checkpointing (enable_input_require_grads) and "
+                       "that these modules are on the forward path.", parameters=missing)
+    short = sorted({n.rsplit(".", 1)[-1] for n in skipped})
+    return finding("dry-run-no-grad", f"{message} The forward of {len(skipped)} adapted layers ({', '.join(short)}) "
+                   f"never ran on a {BATCH}x{SEQ} batch: the model reads their weight directly (Mamba's mixer reads "
+                   "dt_proj.weight) or calls them only for longer inputs, so LoRA's delta never reaches the loss.",
+                   f"Add {short} to the LoraConfig's exclude_modules (or target other layers); if these layers "
+                   "run only for longer inputs, check them on a real batch.", parameters=missing, layers=short)
 
 
 def dry_run(resolved: ResolvedModel, s: LoraSettings, t: TrainingSettings,

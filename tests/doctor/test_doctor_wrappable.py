@@ -133,3 +133,14 @@ def test_a_grouped_projection_whose_output_is_not_out_features_is_an_error_and_r
     # the compressors run from compress_ratio tokens on, and the indexer only picks top-k positions
     adapters = [p for n, p in fixed.named_parameters() if "lora_A" in n and "compressor" not in n]
     assert len(adapters) == 4 * 7 and all(p.grad is not None for p in adapters)
+
+
+def test_the_dry_run_names_adapted_layers_whose_forward_never_runs():
+    """Mamba's mixer reads dt_proj.weight itself, so a LoRA on dt_proj never enters the loss: the dry run (a real
+    tiny model on CPU) names the layer, and excluding it leaves every adapter with a gradient."""
+    lora = {"target_modules": "all-linear", "exclude_modules": ["out_proj"]}
+    f = next(f for f in diagnose(tiny_config("mamba"), lora, dry_run=True).findings if f.code.startswith("dry-run"))
+    assert f.code == "dry-run-no-grad" and f.data["layers"] == ["dt_proj"]
+    assert all(".dt_proj.lora_" in p for p in f.data["parameters"]) and "exclude_modules" in f.fix
+    fixed = diagnose(tiny_config("mamba"), dict(lora, exclude_modules=["out_proj", "dt_proj"]), dry_run=True)
+    assert "dry-run-passed" in codes(fixed) and "dry-run-no-grad" not in codes(fixed)
