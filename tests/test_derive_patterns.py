@@ -76,3 +76,31 @@ def test_a_peak_only_batches_of_two_reach_is_a_moment_from_batch_two():
                               "forward": {"layers": [[list(m) for m in kept]], "first": []}}, [0])
     for b, s in ((1, 1024), (4, 1024)):
         assert res.highest(res.forward[0], b * s, s) == pytest.approx(saved(b, s) + copy(b, s), rel=1e-6)
+
+
+def test_a_batch_one_peak_beside_a_batch_two_copy_keeps_its_own_curve():
+    """DeepSeek-V4's indexer scorer: a quadratic fp32 product at every batch, plus a broadcast copy from batch 2 on.
+    The four shapes mix the two curves; the batch-1 plan must still see its own peak, and batch 2 the copy."""
+    from lora_doctor.memory.layer_terms import Residual
+    from lora_doctor.memory.moments import _envelope, check_shape, min_batch
+
+    S = 64
+    shapes = [(1, S), (2, S), (1, 2 * S), (2, 2 * S), check_shape(0, S)]
+    saved = lambda b, s: 300 * b * s   # noqa: E731 - what the layer keeps
+    scores = lambda b, s: 64 * b * s * s   # noqa: E731 - the products every batch makes, freed later
+    copy = lambda b, s: 512 * b * s * s // 4 if b > 1 else 0   # noqa: E731 - the broadcast operand's copy
+    curves = []
+    for b, s in shapes:
+        values, ops = [0.0, saved(b, s)], ["", "mm"]
+        if b > 1:   # the copy is made before the products, and alive with them
+            values.append(saved(b, s) + copy(b, s))
+            ops.append("clone")
+        values.append(values[-1] + scores(b, s))
+        ops.append("relu")
+        curves.append((values, tuple(ops)))
+    kept = _envelope(curves, S, shapes[4])
+    assert any(min_batch(m) == 2 for m in kept)
+    res = Residual.from_dict({"layers": [[0] * 4], "first": [0] * 4, "outside": [0] * 4, "logits": [0] * 4,
+                              "forward": {"layers": [[list(m) for m in kept]], "first": []}}, [0])
+    assert res.highest(res.forward[0], 1024, 1024) == pytest.approx(saved(1, 1024) + scores(1, 1024), rel=1e-6)
+    assert res.highest(res.forward[0], 4 * 1024, 1024) >= saved(4, 1024) + scores(4, 1024) + copy(4, 1024) * 0.999
