@@ -31,7 +31,7 @@ from ..plan_types import PlanSettings
 from . import layer_terms
 from .analytic import recipe_regions
 from .moments import (Curve, backward_terms, check_shape, coefficients, fit as _fit, forward_terms, four_terms_miss,
-                      sixth_shape)
+                      sixth_shape, unchecked_peak)
 from .targets import FALLBACK_TARGETS
 from .window import _layer_list, _renumber, _window_resolved, _window_size, layer_kinds  # noqa: F401 - re-exported
 
@@ -178,7 +178,7 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
     traced = replace(s, gradient_checkpointing=False)
     samples, trainable, excess, fwd = _saved_by_region(window, traced, shapes, device, n)
     sixth = sixth_shape(check)
-    if sixth is not None and four_terms_miss(_values(samples, excess, fwd), seq, check):
+    if sixth is not None and _four_terms_miss(samples, excess, fwd, seq, check):
         more, _, more_excess, more_fwd = _saved_by_region(window, traced, (sixth,), device, n)
         samples, excess, fwd = samples + more, excess + more_excess, fwd + more_fwd
     regions = {r for smp in samples for r in smp}   # the fifth shape checks the fits (moments.fit)
@@ -211,13 +211,18 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
             "forward": forward_terms(fwd, seq, check, n, kinds, wkinds, to_model)}
 
 
-def _values(samples: list[dict[str, float]], *passes: list[dict[int, Curve]]) -> list[list[float]]:
-    """Bytes at each shape of every region, and the peak of every layer's forward and backward pass."""
-    out = [[smp.get(r, 0.0) for smp in samples] for r in {r for smp in samples for r in smp}]
-    for per_shape in passes:
+def _four_terms_miss(samples: list[dict[str, float]], excess: list[dict[int, Curve]], fwd: list[dict[int, Curve]],
+                     seq: int, check: tuple[int, int]) -> bool:
+    """Whether some region, or the peak of some layer's forward or backward pass that its checked moments do
+    not reach, fits no four-coefficient term at the five shapes (then a sixth shape checks five)."""
+    regions = [[smp.get(r, 0.0) for smp in samples] for r in {r for smp in samples for r in smp}]
+    if four_terms_miss(regions, seq, check):
+        return True
+    for per_shape in (excess, fwd):
         keys = set.intersection(*(set(p) for p in per_shape)) if per_shape else set()
-        out += [[max(p[k][0]) for p in per_shape] for k in keys]
-    return out
+        if any(unchecked_peak([p[k] for p in per_shape], seq, check) for k in keys):
+            return True
+    return False
 
 
 def _sub(x: tuple, y: tuple) -> tuple[float, ...]:

@@ -209,23 +209,10 @@ def _envelope(curves: list[Curve], seq: int,
     miss is kept with all five when they predict the sixth. When the kept moments miss a shape's peak (the
     peak moment did not match), the peaks, fitted the same way, are kept too if they pass the check, or
     else, when only the batches of 2 reach them, as a moment from batch 2 on (:func:`_batched`)."""
-    ref_ops = curves[0][1]
-    matched = {i: [v] for i, v in enumerate(curves[0][0])}
-    for curve in curves[1:5]:
-        pairs = _matched(ref_ops, curve)
-        matched = {i: vs + [pairs[i]] for i, vs in matched.items() if i in pairs}
-    sixth = _matched(ref_ops, curves[5]) if len(curves) > 5 else {}
-    good = []
-    for i, vs in matched.items():
-        term = fit(vs, seq, check)
-        if not _predicts(term, vs[4], seq, check):
-            term = _checked_all(vs + [sixth[i]], seq, check) if i in sixth else None  # type: ignore[assignment]
-        if term is not None:
-            good.append((term, vs))
+    good = _checked(curves, seq, check)
     kept: list[Moment] = [term for term, _ in good]
     peaks = [max(values) for values, _ in curves]
-    covered = [max((vs[k] for _, vs in good), default=0.0) for k in range(5)]   # by the kept moments
-    if any(c < p - _tolerance(p) for c, p in zip(covered, peaks)) or not kept:
+    if _missed(good, peaks):
         term = fit(peaks, seq, check)
         if not _predicts(term, peaks[4], seq, check) and (five := _checked_all(peaks, seq, check)) is not None:
             return _undominated(kept + [five])
@@ -237,6 +224,37 @@ def _envelope(curves: list[Curve], seq: int,
         if _predicts(term, peaks[4], seq, check) or not kept:
             kept.append(term)
     return _undominated(kept)
+
+
+def unchecked_peak(curves: list[Curve], seq: int, check: tuple[int, int]) -> bool:
+    """Whether :func:`_envelope` at the five shapes would keep a fit of the peaks that four coefficients miss:
+    the checked moments do not reach some shape's peak, and the peaks fit no four-coefficient term."""
+    peaks = [max(values) for values, _ in curves[:5]]
+    return _missed(_checked(curves[:5], seq, check), peaks) and four_terms_miss([peaks], seq, check)
+
+
+def _checked(curves: list[Curve], seq: int, check: tuple[int, int]) -> list[tuple[Moment, list[float]]]:
+    """The moments matched across the shapes whose fit passes its check, with their bytes at the five shapes."""
+    ref_ops = curves[0][1]
+    matched = {i: [v] for i, v in enumerate(curves[0][0])}
+    for curve in curves[1:5]:
+        pairs = _matched(ref_ops, curve)
+        matched = {i: vs + [pairs[i]] for i, vs in matched.items() if i in pairs}
+    sixth = _matched(ref_ops, curves[5]) if len(curves) > 5 else {}
+    good = []
+    for i, vs in matched.items():
+        term: Moment | None = fit(vs, seq, check)
+        if not _predicts(term, vs[4], seq, check):  # type: ignore[arg-type]
+            term = _checked_all(vs + [sixth[i]], seq, check) if i in sixth else None
+        if term is not None:
+            good.append((term, vs))
+    return good
+
+
+def _missed(good: list[tuple[Moment, list[float]]], peaks: list[float]) -> bool:
+    """Whether the kept moments leave some shape's peak (of the five) uncovered, or there are none."""
+    covered = [max((vs[k] for _, vs in good), default=0.0) for k in range(5)]
+    return not good or any(c < p - _tolerance(p) for c, p in zip(covered, peaks))
 
 
 def _batched(peaks: list[float], seq: int, check: tuple[int, int]) -> list[Moment]:
