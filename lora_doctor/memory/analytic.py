@@ -14,7 +14,10 @@ A step (after the first, so optimizer states exist) goes through these high-wate
 5. with trace-derived forward terms, each decoder layer's forward, from the first: persistent state + the
    saved activations of the layers before it and outside the layers + what that layer's forward holds
    (its own saved activations as they are made, and transients such as HY-V4's indexer scores or
-   Qwen3-Next's chunked linear attention).
+   Qwen3-Next's chunked linear attention);
+6. with a trace-derived forward tail, the rest of the forward after the last layer: persistent state + every
+   saved activation + what the tail holds beyond them (the final norm's temporaries, the logits and loss as
+   the model computes them, tensors the model's forward keeps until it returns, e.g. CPM-Ant's position bias).
 
 Persistent state = weights + quantization state + adapters + optimizer states. The breakdown
 reported is the one of the phase with the highest total.
@@ -149,7 +152,10 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda") -> Phase
         loss_bwd += T * V * logit_bytes
     loss_peak = max(loss_fwd, loss_bwd)
     if res is not None and res.backward_loss:  # traced: logits and loss in the dtypes the model uses
-        loss_peak = max(loss_peak, int(res.highest(res.backward_loss, T, seq)))
+        traced_loss = int(res.highest(res.backward_loss, T, seq))
+        # derived for these dtypes and adapters, the trace replaces the recipe (CPM-Ant's CrossEntropyLoss on
+        # the bf16 logits, no fp32 copy: 6 bytes per logit where the recipe says 12); borrowed, it only adds
+        loss_peak = max(loss_peak, traced_loss) if res.only_adds else traced_loss
     dequant = pers.largest_quantized_params * 2 if s.mode == "qlora" else 0
     transient = int(T * est.transient_tokens) + dequant
 
@@ -190,6 +196,10 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda") -> Phase
         before, extra = _layer_forward(res, kinds, layer_saved, first_term, T, seq)
         phases_bd["forward_layers"] = dict(base, gradients=0, activations=int(before + outside + cache),
                                            logits_and_loss=0, temporaries=int(extra) + workspace)
+    if res is not None and res.forward_tail:   # after the last layer: the final norm, logits and loss, and
+        tail = res.highest(res.forward_tail, T, seq)   # what the model's forward holds until it returns
+        phases_bd["forward_end"] = dict(base, gradients=0, activations=int(saved), logits_and_loss=0,
+                                        temporaries=int(tail) + workspace)
     totals = {name: sum(bd.values()) for name, bd in phases_bd.items()}
     phase = max(totals, key=totals.__getitem__)
     notes = list(pers.notes)

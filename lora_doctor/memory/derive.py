@@ -5,7 +5,9 @@ past the first layer (a *window*: 2 layers for uniform models, the first pattern
 sliding/global alternations or dense/MoE mixes; :mod:`.window`), at full width, and one forward and backward pass is
 traced on fake tensors (:mod:`lora_doctor.trace`) at four shapes: (batch, seq) = (1, S), (2, S), (1, 2S),
 (2, 2S), with S below the sliding window, and again above it when the model has one; plus a fifth
-shape that checks the backward moments (:func:`.moments.check_shape`).
+shape that checks the backward moments (:func:`.moments.check_shape`), and a sixth only where some region or
+pass fits no four-coefficient term (:func:`.moments.sixth_shape`: CPM-Ant's layers run at the input's length
+plus its 32 prompt tokens, which needs all five coefficients, checked there).
 Everything alive when backward starts is what autograd saved; each storage is attributed to the
 region whose module created it (layer ``i``, outside the layers, or the logits). Solving the four
 shapes for ``a * tokens + q * tokens * seq + e * seq + c`` per region, and subtracting the whole model's
@@ -28,7 +30,8 @@ from ..arch import ArchSpec
 from ..plan_types import PlanSettings
 from . import layer_terms
 from .analytic import recipe_regions
-from .moments import Curve, backward_terms, check_shape, coefficients, fit as _fit, forward_terms
+from .moments import (Curve, backward_terms, check_shape, coefficients, fit as _fit, forward_terms, four_terms_miss,
+                      sixth_shape, unchecked_peak)
 from .targets import FALLBACK_TARGETS
 from .window import _layer_list, _renumber, _window_resolved, _window_size, layer_kinds  # noqa: F401 - re-exported
 
@@ -172,8 +175,12 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
     wkinds = _renumber(kinds[:n])
     check = check_shape(_window_of(window.arch), seq)
     shapes = ((1, seq), (2, seq), (1, 2 * seq), (2, 2 * seq), check)
-    samples, trainable, excess, fwd = _saved_by_region(window, replace(s, gradient_checkpointing=False), shapes,
-                                                       device, n)
+    traced = replace(s, gradient_checkpointing=False)
+    samples, trainable, excess, fwd = _saved_by_region(window, traced, shapes, device, n)
+    sixth = sixth_shape(check)
+    if sixth is not None and _four_terms_miss(samples, excess, fwd, seq, check):
+        more, _, more_excess, more_fwd = _saved_by_region(window, traced, (sixth,), device, n)
+        samples, excess, fwd = samples + more, excess + more_excess, fwd + more_fwd
     regions = {r for smp in samples for r in smp}   # the fifth shape checks the fits (moments.fit)
     solved = {r: _fit([smp.get(r, 0.0) for smp in samples], seq, check, exact=True) for r in regions}
     recipe = recipe_regions(arch, replace(s, batch_size=1, seq_len=seq), device)
@@ -204,6 +211,20 @@ def _residual(window: Any, kinds: list[int], s: PlanSettings, device: str, seq: 
             "forward": forward_terms(fwd, seq, check, n, kinds, wkinds, to_model)}
 
 
+def _four_terms_miss(samples: list[dict[str, float]], excess: list[dict[int, Curve]], fwd: list[dict[int, Curve]],
+                     seq: int, check: tuple[int, int]) -> bool:
+    """Whether some region, or the peak of some layer's forward or backward pass that its checked moments do
+    not reach, fits no four-coefficient term at the five shapes (then a sixth shape checks five)."""
+    regions = [[smp.get(r, 0.0) for smp in samples] for r in {r for smp in samples for r in smp}]
+    if four_terms_miss(regions, seq, check):
+        return True
+    for per_shape in (excess, fwd):
+        keys = set.intersection(*(set(p) for p in per_shape)) if per_shape else set()
+        if any(unchecked_peak([p[k] for p in per_shape], seq, check) for k in keys):
+            return True
+    return False
+
+
 def _sub(x: tuple, y: tuple) -> tuple[float, ...]:
     return tuple(float(i) - float(j) for i, j in zip(coefficients(x), coefficients(y)))
 
@@ -228,7 +249,8 @@ def _saved_by_region(resolved: Any, s: PlanSettings, shapes: tuple, device: str,
     """Per shape, bytes alive at the start of backward (saved for it) by region (layer<i>, outside,
     logits); trainable parameters by region; per shape, what each layer's backward adds beyond the
     saved bytes of layers ``<= i`` and outside the layers and the gradients made before it; and per shape,
-    what each layer's forward holds beyond the saved bytes of layers ``< i`` and outside the layers."""
+    what each layer's forward holds beyond the saved bytes of layers ``< i`` and outside the layers (key
+    ``num_layers``: the forward's tail, from the last layer's end to the loss, beyond all the layers)."""
     from ..trace.profile import saved_at_backward_start
 
     per_shape, layers_prefix, params = saved_at_backward_start(resolved, s, shapes, foreach=device == "cuda",
@@ -252,5 +274,5 @@ def _saved_by_region(resolved: Any, s: PlanSettings, shapes: tuple, device: str,
         before = {lf.layer: out.get("outside", 0.0) + sum(out.get(f"layer{j}", 0.0) for j in range(lf.layer))
                   for lf in layer_forwards}
         forward.append({lf.layer: ([v - before[lf.layer] for v in lf.curve], lf.ops)
-                        for lf in layer_forwards if lf.layer < num_layers})
+                        for lf in layer_forwards if lf.layer <= num_layers})   # num_layers: the tail
     return samples, trainable, excess, forward

@@ -30,7 +30,8 @@ Stored in :attr:`ArchSpec.derived` (the catalog ships them, so catalog plans sta
                                               "loss": [[a, q, e, c], ...]},  # the loss and head backward
                                  # (a moment may carry a sixth number: the batch size it applies from)
                                  "forward": {"layers": [[[a, q, e, c], ...], ...],   # per kind, absolute:
-                                             "first": [[a, q, e, c], ...]}}}}        # what its forward holds
+                                             "first": [[a, q, e, c], ...],           # what its forward holds
+                                             "tail": [[a, q, e, c], ...]}}}}         # after the last layer
 
 ``backward`` (optional; classes derived before it have none and plan without that phase) is what one
 layer's backward adds on top of the saved activations of the layers not yet done and the gradients
@@ -38,7 +39,9 @@ already made: the incoming gradient, the layer's own gradients, the kernels' scr
 ``backward_layers`` phase walks the layers from the last with it. ``forward`` (optional too) is what one
 layer's forward holds on top of the saved activations of the layers before it: its own as they are made, and
 transients freed before it ends (HY-V4's indexer scores, eager attention's fp32 scores before the softmax);
-the engine's ``forward_layers`` phase walks the layers from the first with it.
+the engine's ``forward_layers`` phase walks the layers from the first with it; ``tail`` (optional) is what the
+rest of the forward holds beyond every saved byte (the final norm, the logits and loss, tensors the model's
+forward keeps until it returns), the engine's ``forward_end`` phase.
 
 A model with a sliding window has two regimes (sequences up to the window, and longer ones, where
 transformers builds explicit masks), derived and stored separately (``:long`` class keys).
@@ -173,6 +176,7 @@ class Residual:
     forward: tuple[tuple[Term, ...], ...] = ()   # per layer kind: what its forward holds at each of its
                                                   # undominated moments (absolute), see derive
     forward_first: tuple[Term, ...] = ()         # the same for layer 0
+    forward_tail: tuple[Term, ...] = ()          # the forward after the last layer, beyond every saved byte
 
     def term(self, t: Term, tokens: int, seq: int) -> float:
         a, q, e, c, p = coefficients(t)
@@ -213,7 +217,7 @@ class Residual:
                    tuple(moment(t) for t in bw.get("first", ())), tuple(bw.get("params", ())),
                    tuple(moment(t) for t in bw.get("loss", ())),
                    tuple(tuple(moment(t) for t in kind) for kind in fw.get("layers", ())),
-                   tuple(moment(t) for t in fw.get("first", ())))
+                   tuple(moment(t) for t in fw.get("first", ())), tuple(moment(t) for t in fw.get("tail", ())))
 
 
 # Derives terms for an arch built from a config (set by lora_doctor.introspect; imports torch).

@@ -129,8 +129,16 @@ def forward_terms(excess: list[dict[int, Curve]], seq: int, check: tuple[int, in
     chunked gated-delta rule of Qwen3-Next's linear attention builds per-chunk tensors it frees; HY-V4's
     indexer a ``[b, s, d, s]`` fp32 product under no_grad; eager attention the fp32 scores and the mask sum
     before the softmax), and where the layers after it save less, the forward of the last such layer is the
-    step's peak."""
-    return _per_kind(excess, seq, check, n, kinds, wkinds, to_model)
+    step's peak.
+
+    ``tail``: the same for the rest of the forward, from the last layer's end to the start of backward, on
+    top of everything the layers and the outside region save: the final norm's temporaries, the logits and
+    the loss as the model computes them, and what the model's forward holds until it returns (CPM-Ant's
+    ``[b, heads, s + 32, s + 32]`` position bias: with a loss in the logits' dtype, the step's peak)."""
+    out = _per_kind(excess, seq, check, n, kinds, wkinds, to_model)
+    if out is None or not all(n in e for e in excess):
+        return out
+    return dict(out, tail=[list(t) for t in _envelope([e[n] for e in excess], seq, check)])
 
 
 def _per_kind(excess: list[dict[int, Curve]], seq: int, check: tuple[int, int], n: int, kinds: list[int],
@@ -159,29 +167,55 @@ def check_shape(w: int, seq: int) -> tuple[int, int]:
     return (1, w) if w > 2 * seq else (3, 2 * seq)   # no longer sequence within the window: a larger batch
 
 
+def sixth_shape(check: tuple[int, int]) -> tuple[int, int] | None:
+    """The shape that checks five-coefficient fits (:func:`solve_all`), traced only where four coefficients
+    miss the check shape (:func:`four_terms_miss`): the check shape's length at batch 2, in the same regime.
+    None where the five shapes do not fix five coefficients (a check shape of batch > 1)."""
+    return (2, check[1]) if check[0] == 1 else None
+
+
+def four_terms_miss(values: list[list[float]], seq: int, check: tuple[int, int]) -> bool:
+    """Whether some byte counts at the five shapes fit no four-coefficient term (:func:`fit`): a region or
+    a pass that needs all five coefficients, e.g. tensors at ``seq + P`` for a prefix of ``P`` tokens the
+    model adds inside (CPM-Ant's prompt: ``q*b*(s+P)^2`` is ``q*b*s^2 + 2qP*b*s + qP^2*b``)."""
+    return any(len(v) > 4 and not _predicts(fit(v, seq, check), v[4], seq, check) for v in values)
+
+
+def _checked_all(v: list[float], seq: int, check: tuple[int, int]) -> Term | None:
+    """All five coefficients from the five shapes, when they predict the sixth (``v[5]``); else None."""
+    sixth = sixth_shape(check)
+    term = solve_all(v, seq, check) if sixth and len(v) > 5 else None
+    return term if term is not None and _predicts(term, v[5], seq, sixth) else None  # type: ignore[arg-type]
+
+
+def _matched(ref_ops: tuple[str, ...], curve: Curve) -> dict[int, float]:
+    """The values of ``curve`` at the moments of the reference op sequence it matches."""
+    values, ops = curve
+    pairs = {}
+    for block in difflib.SequenceMatcher(None, ref_ops, ops, autojunk=False).get_matching_blocks():
+        for j in range(block.size):
+            pairs[block.a + j] = values[block.b + j]
+    return pairs
+
+
 def _envelope(curves: list[Curve], seq: int,
               check: tuple[int, int]) -> list[Moment]:
-    """The undominated moments of one layer's backward, from its curve at the five shapes.
+    """The undominated moments of one layer's backward, from its curve at the five shapes (six when
+    four coefficients missed somewhere: :func:`sixth_shape`).
 
     Moments are matched across shapes by their op sequence (a batch of 2 may add a reduction over the
     batch), solved from the first four shapes, and kept only when they predict the fifth (a moment
-    matched to another op at some shape does not). When the kept moments miss a shape's peak (the
+    matched to another op at some shape does not); with a sixth shape, a moment that four coefficients
+    miss is kept with all five when they predict the sixth. When the kept moments miss a shape's peak (the
     peak moment did not match), the peaks, fitted the same way, are kept too if they pass the check, or
     else, when only the batches of 2 reach them, as a moment from batch 2 on (:func:`_batched`)."""
-    ref_ops = curves[0][1]
-    matched = {i: [v] for i, v in enumerate(curves[0][0])}
-    for values, ops in curves[1:]:
-        pairs = {}
-        for block in difflib.SequenceMatcher(None, ref_ops, ops, autojunk=False).get_matching_blocks():
-            for j in range(block.size):
-                pairs[block.a + j] = values[block.b + j]
-        matched = {i: vs + [pairs[i]] for i, vs in matched.items() if i in pairs}
-    good = [(term, vs) for vs in matched.values() if _predicts((term := fit(vs, seq, check)), vs[4], seq, check)]
+    good = _checked(curves, seq, check)
     kept: list[Moment] = [term for term, _ in good]
     peaks = [max(values) for values, _ in curves]
-    covered = [max((vs[k] for _, vs in good), default=0.0) for k in range(len(curves))]   # by the kept moments
-    if any(c < p - _tolerance(p) for c, p in zip(covered, peaks)) or not kept:
+    if _missed(good, peaks):
         term = fit(peaks, seq, check)
+        if not _predicts(term, peaks[4], seq, check) and (five := _checked_all(peaks, seq, check)) is not None:
+            return _undominated(kept + [five])
         batched = [] if _predicts(term, peaks[4], seq, check) or not kept else _batched(peaks, seq, check)
         if batched:   # only the batches of 2 reach it (checked before solve_all, which fits any five values)
             return _undominated(kept + batched + _batch_one(peaks, seq, check))
@@ -190,6 +224,37 @@ def _envelope(curves: list[Curve], seq: int,
         if _predicts(term, peaks[4], seq, check) or not kept:
             kept.append(term)
     return _undominated(kept)
+
+
+def unchecked_peak(curves: list[Curve], seq: int, check: tuple[int, int]) -> bool:
+    """Whether :func:`_envelope` at the five shapes would keep a fit of the peaks that four coefficients miss:
+    the checked moments do not reach some shape's peak, and the peaks fit no four-coefficient term."""
+    peaks = [max(values) for values, _ in curves[:5]]
+    return _missed(_checked(curves[:5], seq, check), peaks) and four_terms_miss([peaks], seq, check)
+
+
+def _checked(curves: list[Curve], seq: int, check: tuple[int, int]) -> list[tuple[Moment, list[float]]]:
+    """The moments matched across the shapes whose fit passes its check, with their bytes at the five shapes."""
+    ref_ops = curves[0][1]
+    matched = {i: [v] for i, v in enumerate(curves[0][0])}
+    for curve in curves[1:5]:
+        pairs = _matched(ref_ops, curve)
+        matched = {i: vs + [pairs[i]] for i, vs in matched.items() if i in pairs}
+    sixth = _matched(ref_ops, curves[5]) if len(curves) > 5 else {}
+    good = []
+    for i, vs in matched.items():
+        term: Moment | None = fit(vs, seq, check)
+        if not _predicts(term, vs[4], seq, check):  # type: ignore[arg-type]
+            term = _checked_all(vs + [sixth[i]], seq, check) if i in sixth else None
+        if term is not None:
+            good.append((term, vs))
+    return good
+
+
+def _missed(good: list[tuple[Moment, list[float]]], peaks: list[float]) -> bool:
+    """Whether the kept moments leave some shape's peak (of the five) uncovered, or there are none."""
+    covered = [max((vs[k] for _, vs in good), default=0.0) for k in range(5)]
+    return not good or any(c < p - _tolerance(p) for c, p in zip(covered, peaks))
 
 
 def _batched(peaks: list[float], seq: int, check: tuple[int, int]) -> list[Moment]:
