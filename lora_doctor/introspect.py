@@ -147,6 +147,8 @@ def arch_from_model(model: Any, config: Any | None = None) -> ArchSpec:
                                             "kind": "conv1d" if isinstance(module, Conv1D) else "linear"})
             fam["count"] += 1
             n = in_f * out_f + (out_f if module.bias is not None else 0)
+            if tied:  # a block shared by several layers (Zamba's shared_transf): one weight, adapted per layer
+                continue
             if scope == "head":
                 head_params += n
             linear += n

@@ -8,6 +8,11 @@ Each rule reads the full-size default config and edits the tiny fields:
 - Mamba-2's ``num_heads * head_dim == expand * hidden_size`` holds at the tiny width;
 - a heterogeneous config's per-layer overrides (``per_layer_config``) keep their ratio to the global
   value at the tiny size, layer type for layer type;
+- a layer pattern the class fixes at the full layer count (Zamba2's 54 ``layers_block_type``) shrinks to
+  its runs, one layer each, so ``validate_layer_type`` (one entry per layer) holds;
+- :data:`SHARED_BLOCKS`: hybrid layers that share one block keep two such layers;
+- a choice the tiny table raises above the class's default (a top-k) returns to the default when the
+  class's validators reject the tiny config (ZAYA: top-1 only);
 - :data:`DEFAULT_GAPS`: values for config classes whose own defaults cannot build a model at all.
 """
 
@@ -40,6 +45,12 @@ DEFAULT_GAPS: dict[str, dict[str, Any]] = {
 }
 
 
+# Model types whose hybrid layers share one block, tied to the first such layer's weights (Zamba's
+# ``shared_transf``): the model cannot be built with a single hybrid layer, so the tiny pattern is the
+# full pattern's runs shrunk to one layer each (two hybrid layers in four), in this declared field.
+SHARED_BLOCKS: dict[str, str] = {"zamba": "layers_block_type"}
+
+
 def consistent(default: Any, fields: dict[str, Any], tiny: dict[str, Any]) -> dict[str, Any]:
     """``fields`` with every rule applied; ``tiny`` is the field -> tiny value table."""
     fields = dict(fields)
@@ -48,6 +59,8 @@ def consistent(default: Any, fields: dict[str, Any], tiny: dict[str, Any]) -> di
     _layer_counts(default, fields, layers, full_layers)
     _run_length_pattern(default, fields, layers)
     _ssm_heads(default, fields)
+    _fixed_pattern(default, fields, layers, full_layers)
+    _pinned_choices(default, fields)
     for name, value in DEFAULT_GAPS.get(default.model_type, {}).items():
         if callable(value):
             value = value(layers)
@@ -78,6 +91,71 @@ def _run_length_pattern(default: Any, fields: dict[str, Any], layers: int) -> No
         pattern = list(runs[0][0])
         if layers % len(pattern) == 0:
             fields["attention_types"] = [[pattern, layers // len(pattern)]]
+
+
+def shrink_pattern(pattern: list[str], layers: int) -> list[str]:
+    """The pattern's runs, one layer each, repeated over ``layers``: Zamba2's ``[mamba] * 6 + [hybrid] ...``
+    becomes ``[mamba, hybrid, mamba, hybrid]``, so every kind of layer the full model has is traced."""
+    runs = [kind for i, kind in enumerate(pattern) if i == 0 or kind != pattern[i - 1]]
+    return [runs[i % len(runs)] for i in range(layers)]
+
+
+def _fixed_pattern(default: Any, fields: dict[str, Any], layers: int, full_layers: int | None) -> None:
+    """A per-layer pattern the class sets at full length whatever the layer count (Zamba2), or whose
+    layers share one block (:data:`SHARED_BLOCKS`), shrinks to its runs (:func:`shrink_pattern`)."""
+    if not full_layers:
+        return
+    shared = SHARED_BLOCKS.get(default.model_type)
+    for name in [shared] if shared else sorted(_declared(default)):
+        value = _global(default, name)
+        if (name in fields or not isinstance(value, list) or len(value) != full_layers
+                or not all(isinstance(v, str) for v in value)):
+            continue
+        if shared or len(_probe_list(default, name, layers) or ()) != layers:
+            fields[name] = shrink_pattern(value, layers)
+
+
+def _pinned_choices(default: Any, fields: dict[str, Any]) -> None:
+    """When the class rejects the tiny config, a field the tiny table raised above the class's default
+    (ZAYA's ``num_experts_per_tok`` 1 -> 2, which ``validate_architecture`` pins to 1) takes the default."""
+    if _validates(fields):
+        return
+    for name, value in fields.items():
+        full = _global(default, name)
+        if (isinstance(value, int) and isinstance(full, int) and not isinstance(full, bool)
+                and full < value and _validates({**fields, name: full})):
+            fields[name] = full
+            return
+
+
+def _validates(fields: dict[str, Any]) -> bool:
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.for_model(**fields)
+    except Exception:
+        return False
+    return True
+
+
+def _probe_list(default: Any, name: str, layers: int) -> Any:
+    """``name`` as the class derives it for ``layers`` layers (nothing else changed), or None if it refuses."""
+    from transformers import AutoConfig
+
+    layers_field = next((n for n in LAYER_FIELDS if isinstance(getattr(default, n, None), int)), None)
+    try:
+        return _global(AutoConfig.for_model(default.model_type, **{layers_field: layers}), name)
+    except Exception:
+        return None
+
+
+def _declared(config: Any) -> set[str]:
+    import dataclasses
+
+    try:
+        return {f.name for f in dataclasses.fields(config)}
+    except TypeError:
+        return set()
 
 
 def _ssm_heads(default: Any, fields: dict[str, Any]) -> None:
