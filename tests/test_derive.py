@@ -156,6 +156,20 @@ def test_window_covers_layer_patterns():
     assert _window_size([0, 0, 0, 0]) == 2 and _window_size([0, 1, 0, 1]) == 3
 
 
+def test_the_window_cuts_an_alias_of_the_layer_count_too():
+    """xLSTM's config copies num_hidden_layers into num_blocks when it is made, and the model reads num_blocks:
+    a window that set only num_hidden_layers built every block, found no list of its 2 layers, and derived no
+    moments (the loss recipe's 3 fp32 copies of the logits where the model makes 4: -6.3% against the trace)."""
+    from lora_doctor.memory.derive import layer_kinds
+    from lora_doctor.memory.window import _layer_list, _window_resolved
+
+    resolved = resolve(tiny_config("xlstm"))
+    kinds = layer_kinds(resolved.meta_model(), resolved.arch.num_layers)
+    window = _window_resolved(resolved.config(), kinds)
+    assert window.arch.num_layers == 2 and window.config().num_blocks == 2
+    assert _layer_list(window.meta_model(), 2) is not None
+
+
 def test_stored_terms_plan_without_torch(tmp_path):
     """What the catalog stores (derive_terms) round-trips through JSON and plans in a torch-free process."""
     from lora_doctor.memory.derive import derive_terms

@@ -4,6 +4,7 @@ that contain every kind past layer 0 (or the whole model when the decoder layers
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 
@@ -46,6 +47,11 @@ def _window_size(kinds: list[int]) -> int:
     return need
 
 
+# config fields that count the decoder layers besides ``layer_count_field`` (xLSTM: ``num_blocks``, copied from
+# ``num_hidden_layers`` when the config is made, and what the model reads)
+_COUNT_ALIAS = re.compile(r"^(num|n)_(\w+_)?(layers|blocks)$")
+
+
 def _window_resolved(config: Any, kinds: list[int], whole: bool = False) -> Any:
     """A ResolvedModel of the first ``n`` layers (lists of per-layer values cut to ``n``).
 
@@ -64,9 +70,12 @@ def _window_resolved(config: Any, kinds: list[int], whole: bool = False) -> Any:
             if isinstance(value, (list, tuple)) and len(value) == full and name != "architectures":
                 setattr(text, name, type(value)(value[:n]))
         setattr(text, layer_count_field(text), n)
+        for name, value in list(vars(text).items()):   # an alias of the count (xLSTM's num_blocks)
+            if type(value) is int and value == full and _COUNT_ALIAS.match(name):
+                setattr(text, name, n)
         try:
             model = build_meta_model(cfg)
-            ok = layer_kinds(model, n) == _renumber(kinds[:n])
+            ok = _layer_list(model, n) is not None and layer_kinds(model, n) == _renumber(kinds[:n])
         except Exception:
             ok = False
         if not ok:  # the pattern did not survive the cut: trace every layer
