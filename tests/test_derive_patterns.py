@@ -67,6 +67,17 @@ def test_checkpointing_recomputes_a_forward_transient_with_the_later_layers_grad
     assert -0.04 <= analytic / traced.peak_bytes - 1 <= 0.02
 
 
+@pytest.mark.parametrize("model_type", ["gpt2", "mixtral"])
+def test_checkpointing_ends_backward_without_a_second_recomputed_layer(model_type):
+    """At the end of a checkpointed backward only layer 0's checkpoint and the embeddings' outputs are left
+    (layer 0's recomputed backward is backward_layers', with its moments): the recipe's end of backward held
+    one layer's activations and a recomputed one too, +6.6% (GPT-2) and +7.7% (Mixtral) full bf16 at batch 1."""
+    import dataclasses
+
+    analytic, traced, _ = _compare(model_type, dataclasses.replace(FULL, seq_len=512, gradient_checkpointing=True))
+    assert abs(analytic / traced.peak_bytes - 1) <= 0.02
+
+
 def test_a_peak_only_batches_of_two_reach_is_a_moment_from_batch_two():
     from lora_doctor.memory.layer_terms import Residual
     from lora_doctor.memory.moments import _envelope, check_shape, min_batch

@@ -134,10 +134,12 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda") -> Phase
     if s.gradient_checkpointing:
         saved = T * L * arch.hidden_size * dt.stream + outside
         recompute = one_layer  # the block being recomputed during backward
+        last_held = T * arch.hidden_size * dt.stream + outside   # at the end: layer 0's checkpoint, the embeddings'
     else:
         first = -T * est.first_layer_discount + (res.term(res.first, T, seq) if res else 0.0)
         saved = sum(by_kind[k] for k in kinds) + first + outside
         recompute = 0
+        last_held = one_layer   # at the end: the saved activations of layer 0, whose backward makes the last gradients
     if res is None or not res.autocast:  # a residual derived under autocast already holds the copies
         saved += _autocast_weight_cache(arch, s, dt)
     logit_bytes = dt.autocast or (4 if s.mode == "qlora" else DTYPE_BYTES[s.dtype])
@@ -159,13 +161,16 @@ def step_peak(arch: ArchSpec, s: PlanSettings, *, device: str = "cuda") -> Phase
     dequant = pers.largest_quantized_params * 2 if s.mode == "qlora" else 0
     transient = int(T * est.transient_tokens) + dequant
 
+    # the recomputed layer 0 is backward_layers' (its moments hold it) when the class has backward moments
+    recompute_end = 0 if res is not None and res.backward else recompute
     workspace = CUBLAS_WORKSPACE_BYTES if device == "cuda" else 0
     base = {"weights": pers.weights, "quantization_state": pers.quantization_state,
             "adapters": pers.adapters, "optimizer_states": pers.optimizer_states}
     phases_bd = {
         # end of forward and start of backward; a full fine-tune's head gradient sits in the loss term
         "backward_start": dict(base, gradients=0, activations=int(saved), logits_and_loss=int(loss_peak), temporaries=dequant + workspace),
-        "backward_end": dict(base, gradients=pers.gradients, activations=int(min(saved, one_layer) + recompute),
+        "backward_end": dict(base, gradients=pers.gradients,
+                             activations=int(min(saved, last_held) + recompute_end),
                          logits_and_loss=0, temporaries=transient + workspace),
         "optimizer_step": dict(base, gradients=pers.gradients, activations=0, logits_and_loss=0,
                                temporaries=pers.optimizer_scratch + workspace),
