@@ -27,20 +27,20 @@ installed types train (checked on CPU with tiny models, one forward and backward
 
 from __future__ import annotations
 
+from typing import Callable
+
 from ..findings import Finding
-from .inventory import ModuleInventory
+from .inventory import ModuleEntry, ModuleInventory
 from .matching import TargetMatch
 from .registry import finding
 from .settings import LoraSettings
 
 
 def check_non_tensor_targets(s: LoraSettings, inv: ModuleInventory, m: TargetMatch) -> list[Finding]:
-    by_name = inv.by_name()
-    hit = [n for n in m.matched if n in by_name and by_name[n].returns_tensor is False]
+    hit = _targeted(inv, m, lambda e: e.returns_tensor is False)
     if not hit:
         return []
-    names = sorted({n.rsplit(".", 1)[-1] for n in hit})
-    types = sorted({by_name[n].type_name for n in hit})
+    names, types = _names(hit), _types(hit)
     return [finding(
         "target-non-tensor-output",
         f"{len(hit)} targeted layers ({', '.join(names)}: {', '.join(types)}) are nn.Linear subclasses whose forward "
@@ -50,13 +50,10 @@ def check_non_tensor_targets(s: LoraSettings, inv: ModuleInventory, m: TargetMat
 
 
 def check_reshaped_targets(s: LoraSettings, inv: ModuleInventory, m: TargetMatch) -> list[Finding]:
-    by_name = inv.by_name()
-    hit = [n for n in m.matched if n in by_name and by_name[n].reshapes_output]
+    hit = _targeted(inv, m, lambda e: e.reshapes_output)
     if not hit:
         return []
-    names = sorted({n.rsplit(".", 1)[-1] for n in hit})
-    types = sorted({by_name[n].type_name for n in hit})
-    first = by_name[hit[0]]
+    names, types, first = _names(hit), _types(hit), hit[0]
     return [finding(
         "target-reshaped-output",
         f"{len(hit)} targeted layers ({', '.join(names)}: {', '.join(types)}) are nn.Linear subclasses whose forward "
@@ -67,16 +64,29 @@ def check_reshaped_targets(s: LoraSettings, inv: ModuleInventory, m: TargetMatch
 
 
 def check_peft_refused_targets(s: LoraSettings, inv: ModuleInventory, m: TargetMatch) -> list[Finding]:
-    by_name = inv.by_name()
-    hit = [n for n in m.matched if n in by_name and by_name[n].peft_refuses]
+    hit = _targeted(inv, m, lambda e: e.peft_refuses)
     if not hit:
         return []
-    names = sorted({n.rsplit(".", 1)[-1] for n in hit})
+    names = _names(hit)
     return [finding(
         "target-peft-refused",
         f"{len(hit)} targeted layers ({', '.join(names)}) are ones peft's LoRA refuses for {inv.model_type} models; "
         f"{_how(s)}, so get_peft_model raises ValueError: Module '{names[0]}' is incompatible with Mamba-based models.",
         _fix(names, m), modules=names, count=len(hit))]
+
+
+def _targeted(inv: ModuleInventory, m: TargetMatch, bad: Callable[[ModuleEntry], bool]) -> list[ModuleEntry]:
+    """The matched modules that ``bad`` flags, in match order."""
+    by_name = inv.by_name()
+    return [by_name[n] for n in m.matched if n in by_name and bad(by_name[n])]
+
+
+def _names(hit: list[ModuleEntry]) -> list[str]:
+    return sorted({e.name.rsplit(".", 1)[-1] for e in hit})
+
+
+def _types(hit: list[ModuleEntry]) -> list[str]:
+    return sorted({e.type_name for e in hit})
 
 
 def _how(s: LoraSettings) -> str:
