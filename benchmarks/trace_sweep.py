@@ -25,6 +25,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lora_doctor.errors import LoraDoctorError  # noqa: E402
+from lora_doctor.linear_probe import UNWRAPPABLE_FIELDS  # noqa: E402
 from lora_doctor.measure.tiny import causal_lm_types, tiny_config  # noqa: E402
 from lora_doctor.memory.tables import CUBLAS_WORKSPACE_BYTES  # noqa: E402
 from lora_doctor.models import resolve  # noqa: E402
@@ -90,8 +91,7 @@ def _wrappable(arch: Any, s: PlanSettings) -> tuple[PlanSettings, str]:
     """all-linear without the linear layers peft's LoRA cannot wrap (routers returning a tuple: the
     doctor's target-non-tensor-output; DeepSeek-V4's grouped o_a_proj: target-reshaped-output) or refuses (the Mamba mixers' out_proj: target-peft-refused), as a
     user following the doctor's fix would run it."""
-    bad = {name for field in ("non_tensor_linears", "reshaping_linears", "peft_refused_linears")
-           for name in arch.extra.get(field) or ()}
+    bad = {name for field in UNWRAPPABLE_FIELDS.values() for name in arch.extra.get(field) or ()}
     if s.mode == "full" or not bad or s.target_modules != "all-linear":
         return s, ""
     names = sorted({f.name for f in arch.linear_families if f.scope != "head" and f.name not in bad})

@@ -14,7 +14,7 @@ from typing import Any
 from .arch import ArchSpec, LinearFamily
 from .errors import UnsupportedModelError
 from .introspect_towers import LOSS_IN_LOGITS_DTYPE, detect_towers, layout_for, text_overrides, tower_scope
-from .linear_probe import RESHAPED, TUPLE, linears_by_output, peft_refused_linears
+from .linear_probe import UNWRAPPABLE_FIELDS, linears_by_output, peft_refused_linears
 
 # Activation recipe per model_type (see lora_doctor.memory.activations); unknown types use "generic".
 BLOCK_RECIPES: dict[str, str] = {
@@ -289,10 +289,8 @@ def _unwrappable_extra(model: Any) -> dict[str, list[str]]:
     """The linear layers peft's LoRA cannot run (``non_tensor_linears``: a tuple output;
     ``reshaping_linears``: an output not ``[..., out_features]``) or refuses (``peft_refused_linears``),
     by their last path component; only the kinds the model has (:mod:`.linear_probe`)."""
-    by_output = linears_by_output(model)
-    found = {"non_tensor_linears": by_output.get(TUPLE), "reshaping_linears": by_output.get(RESHAPED),
-             "peft_refused_linears": peft_refused_linears(model)}
-    return {k: v for k, v in found.items() if v}
+    found = dict(linears_by_output(model), refused=peft_refused_linears(model))
+    return {field: found[kind] for kind, field in UNWRAPPABLE_FIELDS.items() if found.get(kind)}
 
 
 def _extra_fields(text: Any) -> dict:

@@ -23,6 +23,8 @@ from __future__ import annotations
 from typing import Any
 
 TENSOR, TUPLE, RESHAPED = "tensor", "tuple", "reshaped"
+# the ArchSpec.extra fields listing, by last path component, the linear layers peft's LoRA cannot run or refuses
+UNWRAPPABLE_FIELDS = {TUPLE: "non_tensor_linears", RESHAPED: "reshaping_linears", "refused": "peft_refused_linears"}
 
 
 def linear_output(module: Any) -> str | None:
@@ -70,11 +72,6 @@ def linears_by_output(model: Any) -> dict[str, list[str]]:
         if verdict[type(module)] in (TUPLE, RESHAPED):
             names.setdefault(verdict[type(module)], set()).add(path.rsplit(".", 1)[-1])
     return {k: sorted(v) for k, v in names.items()}
-
-
-def non_tensor_linears(model: Any) -> list[str]:
-    """Names (last path component) of linear layers whose forward does not return one tensor."""
-    return linears_by_output(model).get(TUPLE, [])
 
 
 def peft_refused_linears(model: Any) -> list[str]:

@@ -216,10 +216,12 @@ def _layer_backward(res: layer_terms.Residual, kinds: list[int], layer_saved: li
                     s: PlanSettings, T: int, seq: int) -> tuple[float, tuple[float, int], float]:
     """The highest layer backward, walking from the last layer: (saved bytes of layers <= i,
     (gradients made before it, i), what its backward adds)."""
-    def backward_of(i: int, k: int) -> tuple:
-        return res.backward_first if i == 0 else (res.backward[k] if k < len(res.backward) else ())
+    return _walk_back(res, kinds, layer_saved, pers, s, T, seq, _of_layer(res.backward_first, res.backward))
 
-    return _walk_back(res, kinds, layer_saved, pers, s, T, seq, backward_of)
+
+def _of_layer(first: tuple, per_kind: tuple) -> Callable[[int, int], tuple]:
+    """The moments of layer ``i`` of kind ``k``: layer 0's own, else its kind's (none for a kind not derived)."""
+    return lambda i, k: first if i == 0 else (per_kind[k] if k < len(per_kind) else ())
 
 
 def _walk_back(res: layer_terms.Residual, kinds: list[int], layer_saved: list[float], pers, s: PlanSettings,
@@ -251,21 +253,18 @@ def _layer_recompute(res: layer_terms.Residual, kinds: list[int], checkpoints: l
     them: :func:`_layer_forward`'s moments, now with the later layers' gradients alive). HY-V4's indexer
     makes its ``[b, s, heads, s]`` products again in backward: full bf16 at batch 1, seq 512 was -5.5%
     without this (tiny config, against the trace)."""
-    def forward_of(i: int, k: int) -> tuple:
-        return res.forward_first if i == 0 else (res.forward[k] if k < len(res.forward) else ())
-
-    return _walk_back(res, kinds, checkpoints, pers, s, T, seq, forward_of)
+    return _walk_back(res, kinds, checkpoints, pers, s, T, seq, _of_layer(res.forward_first, res.forward))
 
 
 def _layer_forward(res: layer_terms.Residual, kinds: list[int], layer_saved: list[float], first_term: float,
                    T: int, seq: int) -> tuple[float, float]:
     """The highest layer forward, walking from the first layer: (saved bytes of the layers before it, what its
     forward holds beyond them)."""
+    forward_of = _of_layer(res.forward_first, res.forward)
     best = (0.0, 0.0)
     before = 0.0
     for i, k in enumerate(kinds):
-        terms = res.forward_first if i == 0 else (res.forward[k] if k < len(res.forward) else ())
-        extra = res.highest(terms, T, seq)
+        extra = res.highest(forward_of(i, k), T, seq)
         if before + extra > sum(best):
             best = (before, extra)
         before += layer_saved[i] + (first_term if i == 0 else 0.0)

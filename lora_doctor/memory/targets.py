@@ -9,7 +9,7 @@ pattern modulo the layer index, so matching one example path decides the whole f
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from ..arch import ArchSpec, LinearFamily
 from ..errors import InvalidSettingError
@@ -93,39 +93,43 @@ def non_tensor_targets_note(arch: ArchSpec, target_modules: str | Sequence[str] 
     """The note a plan carries when the targets reach linear layers peft's LoRA cannot wrap: ``nn.Linear``
     subclasses whose forward returns a tuple (MoE routers of PhiMoE and Llama-4), which ``"all-linear"``
     selects by class. peft's LoRA layer reads the output's ``.dtype``, so the first forward raises."""
-    split = _unwrappable(arch, target_modules, "non_tensor_linears")
-    if split is None:
-        return None
-    hit, ok = split
-    return (f"target_modules={_show(target_modules)} wraps {', '.join(hit)}: a linear layer whose forward returns a "
-            "tuple (an MoE router), so peft's LoRA layer fails at the first forward ('tuple' object has no attribute "
-            f"'dtype'); add exclude_modules={hit} or pass target_modules={ok}. Planned as given")
+    def say(hit: list[str], ok: list[str]) -> str:
+        return (f"target_modules={_show(target_modules)} wraps {', '.join(hit)}: a linear layer whose forward returns a "
+                "tuple (an MoE router), so peft's LoRA layer fails at the first forward ('tuple' object has no attribute "
+                f"'dtype'); add exclude_modules={hit} or pass target_modules={ok}. Planned as given")
+
+    return _note(arch, target_modules, "non_tensor_linears", say)
 
 
 def reshaped_targets_note(arch: ArchSpec, target_modules: str | Sequence[str] | None) -> str | None:
     """The note a plan carries when the targets reach linear layers whose forward does not return
     ``[..., out_features]`` (DeepSeek-V4's grouped ``o_a_proj``): peft adds LoRA's ``[..., out_features]``
     output to it, so the first forward raises."""
-    split = _unwrappable(arch, target_modules, "reshaping_linears")
-    if split is None:
-        return None
-    hit, ok = split
-    return (f"target_modules={_show(target_modules)} wraps {', '.join(hit)}: a grouped linear layer whose output is "
-            "not [..., out_features], so adding peft's LoRA output fails at the first forward (RuntimeError: the size "
-            f"of tensor a must match the size of tensor b); add exclude_modules={hit} or pass target_modules={ok}. "
-            "Planned as given")
+    def say(hit: list[str], ok: list[str]) -> str:
+        return (f"target_modules={_show(target_modules)} wraps {', '.join(hit)}: a grouped linear layer whose output is "
+                "not [..., out_features], so adding peft's LoRA output fails at the first forward (RuntimeError: the size "
+                f"of tensor a must match the size of tensor b); add exclude_modules={hit} or pass target_modules={ok}. "
+                "Planned as given")
+
+    return _note(arch, target_modules, "reshaping_linears", say)
 
 
 def peft_refused_note(arch: ArchSpec, target_modules: str | Sequence[str] | None) -> str | None:
     """The note a plan carries when the targets reach linear layers peft's LoRA refuses for this model type
     (the Mamba mixers' ``out_proj``: ``get_peft_model`` raises before training starts)."""
-    split = _unwrappable(arch, target_modules, "peft_refused_linears")
-    if split is None:
-        return None
-    hit, ok = split
-    return (f"target_modules={_show(target_modules)} includes {', '.join(hit)}, which peft refuses for "
-            f"{arch.model_type} models (get_peft_model raises \"Module '{hit[0]}' is incompatible with Mamba-based "
-            f"models\"); add exclude_modules={hit} or pass target_modules={ok}. Planned as given")
+    def say(hit: list[str], ok: list[str]) -> str:
+        return (f"target_modules={_show(target_modules)} includes {', '.join(hit)}, which peft refuses for "
+                f"{arch.model_type} models (get_peft_model raises \"Module '{hit[0]}' is incompatible with Mamba-based "
+                f"models\"); add exclude_modules={hit} or pass target_modules={ok}. Planned as given")
+
+    return _note(arch, target_modules, "peft_refused_linears", say)
+
+
+def _note(arch: ArchSpec, target_modules: str | Sequence[str] | None, field: str,
+          say: Callable[[list[str], list[str]], str]) -> str | None:
+    """``say(hit, ok)`` when the targets reach families listed in ``arch.extra[field]`` (:func:`_unwrappable`)."""
+    split = _unwrappable(arch, target_modules, field)
+    return None if split is None else say(*split)
 
 
 def _unwrappable(arch: ArchSpec, target_modules: str | Sequence[str] | None,
